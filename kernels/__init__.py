@@ -1,0 +1,37 @@
+"""MAGPO loss kernels: the loss contract, its PyTorch reference and its fused Triton backend.
+
+Pure tensor functions: imports torch (and triton, lazily) only; knows nothing of TensorDicts,
+TorchRL or BenchMARL.
+
+    >>> import torch, kernels
+    >>> logits = torch.randn(8, 3, 5)  # [time, agents, actions]
+    >>> terms = kernels.magpo_loss_categorical(
+    ...     logits, logits + 0.1, torch.randint(5, (8, 3)), torch.full((8, 3), -1.6), torch.randn(8, 3),
+    ...     delta=1.5, clip_epsilon=0.2, aux_coef=1.0)
+    >>> terms.loss_guider.shape
+    torch.Size([])
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+from kernels.api import BACKENDS, LEARNER_KL_DIRECTIONS, magpo_loss_categorical, magpo_loss_normal
+from kernels.reference import MAGPOLossTerms
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True when the ``triton`` package can be imported (Linux); CUDA is checked per call."""
+    return importlib.util.find_spec("triton") is not None
+
+
+__all__ = [
+    "BACKENDS",
+    "LEARNER_KL_DIRECTIONS",
+    "MAGPOLossTerms",
+    "magpo_loss_categorical",
+    "magpo_loss_normal",
+    "triton_available",
+]

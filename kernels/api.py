@@ -1,0 +1,215 @@
+"""The MAGPO loss contract: argument checks and backend dispatch.
+
+Both entry points validate every argument before any computation (ValueError / TypeError naming
+the argument), then run the chosen backend. The math itself is in :mod:`kernels.reference`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor
+
+from kernels import reference
+from kernels.reference import MAGPOLossTerms
+
+BACKENDS = ("auto", "reference", "triton")
+LEARNER_KL_DIRECTIONS = ("forward", "reverse")
+
+
+def check_loss_options(delta, clip_epsilon, aux_coef, learner_kl, backend) -> None:
+    """Validate the loss hyperparameters; raises TypeError/ValueError naming the argument."""
+
+    def real(name, value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+            raise TypeError(f"{name} must be a real number, got {value!r}")
+        return float(value)
+
+    if not real("delta", delta) > 1.0:
+        raise ValueError(f"delta must be > 1 (float('inf') disables the double clip), got {delta}")
+    if not 0.0 < real("clip_epsilon", clip_epsilon) < 1.0:
+        raise ValueError(f"clip_epsilon must be in (0, 1), got {clip_epsilon}")
+    aux = real("aux_coef", aux_coef)
+    if not (aux >= 0.0 and math.isfinite(aux)):
+        raise ValueError(f"aux_coef must be finite and >= 0, got {aux_coef}")
+    if learner_kl not in LEARNER_KL_DIRECTIONS:
+        raise ValueError(f"learner_kl must be one of {LEARNER_KL_DIRECTIONS}, got {learner_kl!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _check_tensor(name: str, value, *, floating: bool | None = None) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if floating is True and not value.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {value.dtype}")
+    if floating is False and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+        raise TypeError(f"{name} must have an integer dtype, got {value.dtype}")
+    return value
+
+
+def _check_shape(name: str, value: Tensor, shape: torch.Size, meaning: str) -> None:
+    if value.shape != shape:
+        raise ValueError(f"{name} must have shape {tuple(shape)} ({meaning}), got {tuple(value.shape)}")
+
+
+def _check_same_device(named: dict[str, Tensor | None]) -> torch.device:
+    present = {name: t for name, t in named.items() if t is not None}
+    devices = {t.device for t in present.values()}
+    if len(devices) > 1:
+        listing = ", ".join(f"{name} on {t.device}" for name, t in present.items())
+        raise ValueError(f"all tensors must be on one device, got {listing}")
+    return devices.pop()
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        from kernels import triton_available
+
+        return "triton" if device.type == "cuda" and triton_available() else "reference"
+    return backend
+
+
+def magpo_loss_categorical(
+    guider_logits: Tensor,
+    learner_logits: Tensor,
+    action: Tensor,
+    behavior_log_prob: Tensor,
+    advantage: Tensor,
+    *,
+    delta: float,
+    clip_epsilon: float,
+    aux_coef: float,
+    learner_kl: str = "forward",
+    action_mask: Tensor | None = None,
+    backend: str = "auto",
+) -> MAGPOLossTerms:
+    """MAGPO guider and learner losses for categorical policies (paper Eq. 8-11).
+
+    Args:
+        guider_logits: ``[..., A]`` float, the guider's logits for the taken step (the
+            auto-regressive guider already conditioned on the previous agents' actions).
+        learner_logits: ``[..., A]`` float, the decentralized learner's logits.
+        action: ``[...]`` integer, the taken action of each row.
+        behavior_log_prob: ``[...]`` float, log mu_old(action) stored at collection.
+        advantage: ``[...]`` float, already normalised if wanted.
+        delta: guider/learner ratio bound, > 1; ``float("inf")`` switches off the double clip
+            and the mask (the CTDS baseline).
+        clip_epsilon: PPO clip, in (0, 1).
+        aux_coef: lambda, weight of the learner's PPO term, >= 0.
+        learner_kl: ``"forward"`` = KL(guider || learner) (authors' code), ``"reverse"`` =
+            KL(learner || guider) (paper Eq. 10).
+        action_mask: optional ``[..., A]`` bool, True for allowed actions. Masked actions get
+            probability 0 under both policies. A row whose taken action is masked has no
+            finite loss (the loss modules report it).
+        backend: ``"auto"`` (Triton on CUDA tensors when available, else the reference),
+            ``"reference"`` or ``"triton"``.
+
+    Returns:
+        :class:`MAGPOLossTerms` of scalar means over all rows. ``loss_guider`` is
+        differentiable w.r.t. the guider logits only, ``loss_learner`` w.r.t. the learner
+        logits only, ``guider_entropy`` w.r.t. the guider logits; the rest are detached.
+    """
+    check_loss_options(delta, clip_epsilon, aux_coef, learner_kl, backend)
+    _check_tensor("guider_logits", guider_logits, floating=True)
+    _check_tensor("learner_logits", learner_logits, floating=True)
+    _check_tensor("action", action, floating=False)
+    _check_tensor("behavior_log_prob", behavior_log_prob, floating=True)
+    _check_tensor("advantage", advantage, floating=True)
+    if guider_logits.dim() < 1 or guider_logits.shape[-1] < 1:
+        raise ValueError(f"guider_logits must have shape [..., A] with A >= 1, got {tuple(guider_logits.shape)}")
+    rows_shape = guider_logits.shape[:-1]
+    if rows_shape.numel() == 0:
+        raise ValueError(f"guider_logits holds no rows (shape {tuple(guider_logits.shape)})")
+    _check_shape("learner_logits", learner_logits, guider_logits.shape, "same as guider_logits")
+    _check_shape("action", action, rows_shape, "guider_logits' leading dims")
+    _check_shape("behavior_log_prob", behavior_log_prob, rows_shape, "guider_logits' leading dims")
+    _check_shape("advantage", advantage, rows_shape, "guider_logits' leading dims")
+    if action_mask is not None:
+        _check_tensor("action_mask", action_mask)
+        if action_mask.dtype != torch.bool:
+            raise TypeError(f"action_mask must have dtype torch.bool, got {action_mask.dtype}")
+        _check_shape("action_mask", action_mask, guider_logits.shape, "same as guider_logits")
+    device = _check_same_device(
+        dict(
+            guider_logits=guider_logits,
+            learner_logits=learner_logits,
+            action=action,
+            behavior_log_prob=behavior_log_prob,
+            advantage=advantage,
+            action_mask=action_mask,
+        )
+    )
+    options = dict(delta=float(delta), clip_epsilon=float(clip_epsilon), aux_coef=float(aux_coef), learner_kl=learner_kl)
+    if _resolve_backend(backend, device) == "triton":
+        from kernels.triton_ops import triton_categorical
+
+        return triton_categorical(
+            guider_logits, learner_logits, action, behavior_log_prob, advantage, action_mask=action_mask, **options
+        )
+    return reference.categorical_terms(
+        guider_logits, learner_logits, action, behavior_log_prob, advantage, action_mask=action_mask, **options
+    )
+
+
+def magpo_loss_normal(
+    guider_loc: Tensor,
+    guider_scale: Tensor,
+    learner_loc: Tensor,
+    learner_scale: Tensor,
+    action: Tensor,
+    behavior_log_prob: Tensor,
+    advantage: Tensor,
+    *,
+    delta: float,
+    clip_epsilon: float,
+    aux_coef: float,
+    learner_kl: str = "forward",
+    backend: str = "auto",
+) -> MAGPOLossTerms:
+    """MAGPO guider and learner losses for diagonal Normal policies (paper Eq. 8-11).
+
+    Args:
+        guider_loc, guider_scale, learner_loc, learner_scale: ``[..., D]`` float, scale > 0.
+        action: ``[..., D]`` float, in the Normal's own space (pre-tanh for a TanhNormal).
+        behavior_log_prob: ``[...]`` float, log mu_old(action) of the Normal, summed over D.
+        advantage: ``[...]`` float.
+        delta, clip_epsilon, aux_coef, learner_kl, backend: as in :func:`magpo_loss_categorical`.
+
+    Returns:
+        :class:`MAGPOLossTerms`; log-probs, KLs and entropies sum over the D action dims.
+    """
+    check_loss_options(delta, clip_epsilon, aux_coef, learner_kl, backend)
+    named = dict(
+        guider_loc=guider_loc,
+        guider_scale=guider_scale,
+        learner_loc=learner_loc,
+        learner_scale=learner_scale,
+        action=action,
+        behavior_log_prob=behavior_log_prob,
+        advantage=advantage,
+    )
+    for name, value in named.items():
+        _check_tensor(name, value, floating=True)
+    if guider_loc.dim() < 1 or guider_loc.shape[-1] < 1:
+        raise ValueError(f"guider_loc must have shape [..., D] with D >= 1, got {tuple(guider_loc.shape)}")
+    rows_shape = guider_loc.shape[:-1]
+    if rows_shape.numel() == 0:
+        raise ValueError(f"guider_loc holds no rows (shape {tuple(guider_loc.shape)})")
+    for name in ("guider_scale", "learner_loc", "learner_scale", "action"):
+        _check_shape(name, named[name], guider_loc.shape, "same as guider_loc")
+    _check_shape("behavior_log_prob", behavior_log_prob, rows_shape, "guider_loc's leading dims")
+    _check_shape("advantage", advantage, rows_shape, "guider_loc's leading dims")
+    device = _check_same_device(named)
+    options = dict(delta=float(delta), clip_epsilon=float(clip_epsilon), aux_coef=float(aux_coef), learner_kl=learner_kl)
+    if _resolve_backend(backend, device) == "triton":
+        from kernels.triton_ops import triton_normal
+
+        return triton_normal(
+            guider_loc, guider_scale, learner_loc, learner_scale, action, behavior_log_prob, advantage, **options
+        )
+    return reference.normal_terms(
+        guider_loc, guider_scale, learner_loc, learner_scale, action, behavior_log_prob, advantage, **options
+    )

@@ -1,0 +1,8 @@
+"""MAGPO for TorchRL: loss modules (and, with the BenchMARL work, guider policies and envs).
+
+Imports torch, tensordict, torchrl and :mod:`kernels`; never BenchMARL or Hydra.
+"""
+
+from magpo.losses import GuiderClipLoss, LearnerKLPPOLoss, MAGPOLoss, NonFiniteLossError
+
+__all__ = ["GuiderClipLoss", "LearnerKLPPOLoss", "MAGPOLoss", "NonFiniteLossError"]

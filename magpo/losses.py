@@ -1,0 +1,490 @@
+"""MAGPO losses as TorchRL ``LossModule``s: ``GuiderClipLoss``, ``LearnerKLPPOLoss``, ``MAGPOLoss``.
+
+They follow ``torchrl.objectives.ClipPPOLoss`` and inherit its machinery from
+:class:`~torchrl.objectives.PPOLoss`: configurable keys (``set_keys``), functional parameters,
+the value estimator (GAE by default, ``make_value_estimator``), the (optionally clipped) critic
+loss and explained variance. The per-sample math is not here: it goes through the
+:mod:`kernels` contract (``kernels.magpo_loss_categorical`` / ``kernels.magpo_loss_normal``).
+
+Roles. ``actor_network`` is the *guider*, the policy that collected the data: its log-prob key
+is the behaviour log-prob (``sample_log_prob``). ``learner_network`` is the decentralized
+learner. Both are ``ProbabilisticTensorDictSequential``s whose ``get_dist`` returns one of
+Categorical / MaskedCategorical / OneHotCategorical (discrete), or Normal / IndependentNormal /
+TanhNormal (continuous); an auto-regressive guider reads the stored joint action from the
+tensordict (teacher forcing) in ``get_dist``. Leading dims are the batch and the agents, e.g.
+``[*B, n_agents]``; every row counts the same in the means.
+
+Each loss back-propagates to its own side only (the other side enters through stop-gradient),
+so ``loss_guider``, ``loss_learner`` and ``loss_critic`` can be back-propagated one after the
+other, each with its own optimizer, as BenchMARL does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule
+from tensordict.utils import NestedKey
+from torch import Tensor, distributions as D
+from torchrl.modules import MaskedCategorical
+from torchrl.objectives import PPOLoss
+
+import kernels
+from kernels.api import check_loss_options
+
+__all__ = ["GuiderClipLoss", "LearnerKLPPOLoss", "MAGPOLoss", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """A MAGPO loss term came out NaN or infinite; the message names the term."""
+
+
+def _distribution_inputs(dist: D.Distribution, action: Tensor, behavior_log_prob: Tensor, who: str):
+    """Map a policy distribution to the kernels' contract inputs.
+
+    Returns ``("categorical", logits [..., A], action_mask or None, action index [...],
+    behavior_log_prob)`` or ``("normal", loc [..., D], scale [..., D], pre-transform action
+    [..., D], behavior_log_prob of the underlying Normal)``.
+    """
+    if isinstance(dist, D.Categorical):  # also MaskedCategorical, OneHotCategorical (TorchRL)
+        logits = dist.logits
+        mask = dist.mask if isinstance(dist, MaskedCategorical) else None
+        if action.shape == logits.shape:  # one-hot actions
+            action = action.argmax(-1)
+        return "categorical", logits, mask, action, behavior_log_prob
+
+    base, value, jacobian = dist, action, None
+    if isinstance(dist, D.TransformedDistribution):  # TanhNormal: undo the squashing
+        base = dist.base_dist
+        for transform in reversed(dist.transforms):
+            value = transform.inv(value)
+        # The stored log-prob includes the transforms' Jacobian; the kernels work on the
+        # Normal, so add it back. It does not depend on the policy parameters.
+        jacobian = (base.log_prob(value) - dist.log_prob(action)).detach()
+    if isinstance(base, D.Independent) and base.reinterpreted_batch_ndims == 1:
+        base = base.base_dist
+    elif isinstance(base, D.Normal) and jacobian is not None:
+        jacobian = jacobian.sum(-1)
+    if not isinstance(base, D.Normal):
+        raise TypeError(
+            f"{who}: unsupported distribution {type(dist).__name__}; MAGPO losses support Categorical, "
+            "MaskedCategorical, OneHotCategorical, Normal, IndependentNormal and TanhNormal"
+        )
+    if behavior_log_prob.shape == base.loc.shape:  # a plain Normal stores per-dim log-probs
+        behavior_log_prob = behavior_log_prob.sum(-1)
+    if jacobian is not None:
+        behavior_log_prob = behavior_log_prob + jacobian
+    return "normal", base.loc, base.scale, value, behavior_log_prob
+
+
+class _GuidedPPOLoss(PPOLoss):
+    """Everything the three MAGPO losses share; subclasses pick which terms they output."""
+
+    # Names of the loss_* and diagnostic entries this loss writes (set by subclasses).
+    _losses: tuple[str, ...] = ()
+    _diagnostics: tuple[str, ...] = ()
+
+    # convert_to_functional checks the class's own __annotations__ (not inherited), so
+    # __init_subclass__ copies these into every subclass.
+    actor_network: TensorDictModule
+    critic_network: TensorDictModule
+    learner_network: TensorDictModule
+    actor_network_params: TensorDictBase
+    critic_network_params: TensorDictBase
+    learner_network_params: TensorDictBase
+    target_actor_network_params: TensorDictBase
+    target_critic_network_params: TensorDictBase
+    target_learner_network_params: TensorDictBase
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__annotations__ = {**_GuidedPPOLoss.__annotations__, **cls.__dict__.get("__annotations__", {})}
+
+    def __init__(
+        self,
+        guider_network: ProbabilisticTensorDictSequential,
+        learner_network: ProbabilisticTensorDictSequential,
+        critic_network: TensorDictModule | None,
+        *,
+        delta: float,
+        clip_epsilon: float,
+        aux_coef: float,
+        learner_kl: str,
+        entropy_coeff: float,
+        critic_coeff: float | None,
+        loss_critic_type: str,
+        clip_value: float | None,
+        normalize_advantage: bool,
+        normalize_advantage_exclude_dims: Sequence[int],
+        check_finite: bool,
+        backend: str,
+    ):
+        check_loss_options(delta, clip_epsilon, aux_coef, learner_kl, backend)
+        if not isinstance(entropy_coeff, (int, float)) or isinstance(entropy_coeff, bool) or entropy_coeff < 0:
+            raise ValueError(f"entropy_coeff must be a float >= 0, got {entropy_coeff!r}")
+        if critic_network is None and critic_coeff:
+            raise ValueError(f"critic_coeff={critic_coeff} needs a critic_network")
+        if critic_coeff is not None and critic_coeff < 0:
+            raise ValueError(f"critic_coeff must be >= 0, got {critic_coeff}")
+        if clip_value is not None and not clip_value > 0:
+            raise ValueError(f"clip_value must be > 0 or None, got {clip_value}")
+        super().__init__(
+            guider_network,
+            critic_network,
+            entropy_bonus=True,
+            entropy_coeff=float(entropy_coeff),
+            critic_coeff=critic_coeff,
+            loss_critic_type=loss_critic_type,
+            normalize_advantage=normalize_advantage,
+            normalize_advantage_exclude_dims=tuple(normalize_advantage_exclude_dims),
+            clip_value=None if clip_value is None else float(clip_value),
+        )
+        self.convert_to_functional(learner_network, "learner_network")
+        self.delta = float(delta)
+        self.clip_epsilon = float(clip_epsilon)
+        self.aux_coef = float(aux_coef)
+        self.learner_kl = learner_kl
+        self.check_finite = check_finite
+        self.backend = backend
+
+    @property
+    def guider_network(self) -> TensorDictModule:
+        """The guider (the behaviour policy; stored as TorchRL's ``actor_network``)."""
+        return self.actor_network
+
+    def _set_in_keys(self):
+        super()._set_in_keys()
+        self._in_keys = sorted(set(self._in_keys) | set(self.learner_network.in_keys), key=str)
+
+    @property
+    def out_keys(self):
+        if self._out_keys is None:
+            keys = list(self._losses) + list(self._diagnostics)
+            if self._has_critic and "loss_critic" in self._losses:
+                keys.append("explained_variance")
+                if self.clip_value is not None:
+                    keys.append("value_clip_fraction")
+            else:
+                keys = [k for k in keys if k != "loss_critic"]
+            self._out_keys = keys
+        return self._out_keys
+
+    @out_keys.setter
+    def out_keys(self, values):
+        self._out_keys = values
+
+    # ------------------------------------------------------------------ helpers
+
+    def _advantage(self, tensordict: TensorDictBase) -> Tensor:
+        advantage = tensordict.get(self.tensor_keys.advantage, None)
+        if advantage is None:
+            if self.critic_network is None:
+                raise KeyError(
+                    f"{type(self).__name__}: no {self.tensor_keys.advantage!r} in the batch and no critic_network "
+                    "to estimate it; compute the advantage first (e.g. with GAE) or pass a critic"
+                )
+            self.value_estimator(
+                tensordict,
+                params=self._cached_critic_network_params_detached,
+                target_params=self.target_critic_network_params,
+            )
+            advantage = tensordict.get(self.tensor_keys.advantage)
+        if self.normalize_advantage and advantage.numel() > 1:
+            # Per minibatch, as in the authors' code: (A - mean) / (std + 1e-8).
+            dims = [d for d in range(advantage.dim()) if d - advantage.dim() not in self._excluded_dims(advantage)]
+            mean = advantage.mean(dim=dims, keepdim=True)
+            std = advantage.std(dim=dims, keepdim=True)
+            advantage = (advantage - mean) / (std + 1e-8)
+        return advantage
+
+    def _excluded_dims(self, advantage: Tensor) -> set[int]:
+        """normalize_advantage_exclude_dims as negative indices."""
+        return {d if d < 0 else d - advantage.dim() for d in self.normalize_advantage_exclude_dims}
+
+    def _dist(self, name: str, tensordict: TensorDictBase) -> D.Distribution:
+        network = getattr(self, f"{name}_network")
+        with getattr(self, f"{name}_network_params").to_module(network):
+            return network.get_dist(tensordict)
+
+    def _terms(self, tensordict: TensorDictBase, advantage: Tensor) -> kernels.MAGPOLossTerms:
+        action = tensordict.get(self.tensor_keys.action)
+        behavior_log_prob = tensordict.get(self.tensor_keys.sample_log_prob, None)
+        if behavior_log_prob is None:
+            raise KeyError(
+                f"{type(self).__name__}: the behaviour log-prob {self.tensor_keys.sample_log_prob!r} is not in the "
+                "batch; the guider must write it at collection (set it with set_keys(sample_log_prob=...))"
+            )
+        if behavior_log_prob.requires_grad or action.requires_grad:
+            raise ValueError(f"{type(self).__name__}: the stored action and behaviour log-prob must not require grad")
+        guider = _distribution_inputs(self._dist("actor", tensordict), action, behavior_log_prob, "guider")
+        learner = _distribution_inputs(self._dist("learner", tensordict), action, behavior_log_prob, "learner")
+        if guider[0] != learner[0]:
+            raise TypeError(f"guider and learner distributions differ in kind: {guider[0]} vs {learner[0]}")
+        rows = guider[1].shape[:-1]
+        if advantage.dim() == len(rows) + 1 and advantage.shape[-1] == 1:
+            advantage = advantage.squeeze(-1)
+        try:
+            advantage = advantage.expand(rows)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{type(self).__name__}: advantage {self.tensor_keys.advantage!r} of shape {tuple(advantage.shape)} "
+                f"does not broadcast to the policy's rows {tuple(rows)}"
+            ) from err
+        options = dict(
+            delta=self.delta,
+            clip_epsilon=self.clip_epsilon,
+            aux_coef=self.aux_coef,
+            learner_kl=self.learner_kl,
+            backend=self.backend,
+        )
+        if guider[0] == "categorical":
+            _, g_logits, g_mask, index, behavior = guider
+            _, l_logits, l_mask, _, _ = learner
+            mask = g_mask if l_mask is None else (l_mask if g_mask is None else g_mask & l_mask)
+            if mask is not None:
+                mask = mask.expand(g_logits.shape)
+            return kernels.magpo_loss_categorical(
+                g_logits, l_logits, index, behavior, advantage, action_mask=mask, **options
+            )
+        _, g_loc, g_scale, value, behavior = guider
+        _, l_loc, l_scale, _, _ = learner
+        return kernels.magpo_loss_normal(
+            g_loc, g_scale.expand_as(g_loc), l_loc, l_scale.expand_as(l_loc), value, behavior, advantage, **options
+        )
+
+    def _raise_if_not_finite(self, out: TensorDictBase) -> None:
+        losses = [out.get(key) for key in self.out_keys if key.startswith("loss_")]
+        if torch.stack([loss.detach() for loss in losses]).isfinite().all():  # one sync per call
+            return
+        bad = [key for key, loss in zip(self.out_keys, losses) if not torch.isfinite(loss)]
+        raise NonFiniteLossError(
+            f"{type(self).__name__}: {', '.join(bad)} is not finite "
+            f"({', '.join(f'{k}={out.get(k).item()}' for k in bad)}). Common causes: a taken action that the "
+            "action mask forbids, a zero scale, or diverged parameters. Pass check_finite=False to skip this check."
+        )
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        tensordict = tensordict.clone(False)
+        advantage = self._advantage(tensordict)
+        terms = self._terms(tensordict, advantage)
+        values = dict(terms._asdict())
+        values["loss_entropy"] = -self.entropy_coeff * terms.guider_entropy
+        values["guider_entropy"] = terms.guider_entropy.detach()
+        out = TensorDict({key: values[key] for key in self._losses + self._diagnostics if key in values})
+        if self._has_critic and "loss_critic" in self._losses:
+            loss_critic, value_clip_fraction, explained_variance = self.loss_critic(tensordict)
+            out.set("loss_critic", loss_critic.mean())
+            out.set("explained_variance", explained_variance.mean())
+            if value_clip_fraction is not None:
+                out.set("value_clip_fraction", value_clip_fraction)
+        if self.check_finite:
+            self._raise_if_not_finite(out)
+        self._clear_weakrefs(
+            tensordict,
+            out,
+            "actor_network_params",
+            "critic_network_params",
+            "learner_network_params",
+            "target_actor_network_params",
+            "target_critic_network_params",
+            "target_learner_network_params",
+        )
+        return out
+
+
+class GuiderClipLoss(_GuidedPPOLoss):
+    """The guider's loss (paper Eq. 8-9): double-clipped PPO, masked KL pull, entropy bonus.
+
+    Outputs ``loss_guider`` (surrogate + masked KL(guider || sg(learner))), ``loss_entropy``
+    (``-entropy_coeff * H(guider)``), ``loss_critic`` when a critic is given, and the diagnostics
+    ``guider_objective``, ``guider_kl``, ``mask_fraction``, ``guider_clip_fraction``,
+    ``guider_entropy`` (and ``explained_variance``, ``value_clip_fraction``).
+
+    Args:
+        guider_network: the guider policy (collects the data; ``actor_network`` in TorchRL terms).
+        learner_network: the decentralized learner (a constant in this loss).
+        critic_network: optional centralized critic; needed to estimate the advantage when the
+            batch holds none, and to train the critic with ``loss_critic``.
+        delta: guider/learner ratio bound, > 1 (``inf``: plain PPO, the CTDS guider).
+        clip_epsilon: PPO clip, in (0, 1).
+        entropy_coeff: weight of the guider's entropy bonus, >= 0.
+        critic_coeff: weight of the critic loss (TorchRL's meaning; None = 1.0 with a critic).
+        loss_critic_type: ``"l2"`` (default), ``"l1"`` or ``"smooth_l1"``.
+        clip_value: PPO value clipping range (the authors clip with clip_epsilon), or None.
+        normalize_advantage: standardise the advantage per minibatch (default True).
+        normalize_advantage_exclude_dims: dims kept separate when standardising.
+        check_finite: raise :class:`NonFiniteLossError` naming the term if a loss is NaN/inf.
+        backend: ``"auto"``, ``"reference"`` or ``"triton"`` (see :mod:`kernels`).
+    """
+
+    _losses = ("loss_guider", "loss_entropy", "loss_critic")
+    _diagnostics = ("guider_objective", "guider_kl", "mask_fraction", "guider_clip_fraction", "guider_entropy")
+
+    def __init__(
+        self,
+        guider_network: ProbabilisticTensorDictSequential,
+        learner_network: ProbabilisticTensorDictSequential,
+        critic_network: TensorDictModule | None = None,
+        *,
+        delta: float = 1.5,
+        clip_epsilon: float = 0.2,
+        entropy_coeff: float = 0.01,
+        critic_coeff: float | None = None,
+        loss_critic_type: str = "l2",
+        clip_value: float | None = None,
+        normalize_advantage: bool = True,
+        normalize_advantage_exclude_dims: Sequence[int] = (),
+        check_finite: bool = True,
+        backend: str = "auto",
+    ):
+        super().__init__(
+            guider_network,
+            learner_network,
+            critic_network,
+            delta=delta,
+            clip_epsilon=clip_epsilon,
+            aux_coef=0.0,
+            learner_kl="forward",
+            entropy_coeff=entropy_coeff,
+            critic_coeff=critic_coeff,
+            loss_critic_type=loss_critic_type,
+            clip_value=clip_value,
+            normalize_advantage=normalize_advantage,
+            normalize_advantage_exclude_dims=normalize_advantage_exclude_dims,
+            check_finite=check_finite,
+            backend=backend,
+        )
+
+
+class LearnerKLPPOLoss(_GuidedPPOLoss):
+    """The learner's loss (paper Eq. 10-11): imitation KL to the guider plus lambda x PPO.
+
+    Outputs ``loss_learner`` (KL + ``aux_coef`` * clipped PPO on ``pi_theta(a) / mu_old(a)``)
+    and the diagnostics ``learner_kl``, ``learner_objective``, ``learner_clip_fraction``. The
+    batch must hold the advantage (or give a critic to estimate it; it is not trained here).
+
+    Args:
+        learner_network: the decentralized learner being trained.
+        guider_network: the guider that collected the data (a constant in this loss).
+        critic_network: optional, only used to estimate a missing advantage.
+        aux_coef: lambda, weight of the PPO term, >= 0 (0: pure distillation, the CTDS learner).
+        learner_kl: ``"forward"`` KL(sg(guider) || learner) (authors' code, default) or
+            ``"reverse"`` KL(learner || sg(guider)) (paper Eq. 10).
+        clip_epsilon, normalize_advantage, normalize_advantage_exclude_dims, check_finite,
+        backend: as in :class:`GuiderClipLoss`.
+    """
+
+    _losses = ("loss_learner",)
+    _diagnostics = ("learner_kl", "learner_objective", "learner_clip_fraction")
+
+    def __init__(
+        self,
+        learner_network: ProbabilisticTensorDictSequential,
+        guider_network: ProbabilisticTensorDictSequential,
+        critic_network: TensorDictModule | None = None,
+        *,
+        aux_coef: float = 1.0,
+        learner_kl: str = "forward",
+        clip_epsilon: float = 0.2,
+        normalize_advantage: bool = True,
+        normalize_advantage_exclude_dims: Sequence[int] = (),
+        check_finite: bool = True,
+        backend: str = "auto",
+    ):
+        super().__init__(
+            guider_network,
+            learner_network,
+            critic_network,
+            delta=math.inf,
+            clip_epsilon=clip_epsilon,
+            aux_coef=aux_coef,
+            learner_kl=learner_kl,
+            entropy_coeff=0.0,
+            critic_coeff=0.0 if critic_network is not None else None,
+            loss_critic_type="l2",
+            clip_value=None,
+            normalize_advantage=normalize_advantage,
+            normalize_advantage_exclude_dims=normalize_advantage_exclude_dims,
+            check_finite=check_finite,
+            backend=backend,
+        )
+
+
+class MAGPOLoss(_GuidedPPOLoss):
+    """The whole MAGPO objective in one forward: guider, learner, critic and entropy.
+
+    Outputs ``loss_guider``, ``loss_learner``, ``loss_critic``, ``loss_entropy`` and the
+    diagnostics ``guider_objective``, ``guider_kl``, ``learner_kl``, ``learner_objective``,
+    ``mask_fraction``, ``guider_clip_fraction``, ``learner_clip_fraction``, ``guider_entropy``,
+    ``explained_variance`` (and ``value_clip_fraction`` with ``clip_value``). Back-propagate
+    ``loss_guider + loss_entropy`` into the guider's optimizer, ``loss_learner`` into the
+    learner's and ``loss_critic`` into the critic's; the graphs are disjoint.
+
+    With ``delta=float("inf")`` and ``aux_coef=0`` this is the CTDS baseline of the paper.
+
+    Example:
+        >>> loss = MAGPOLoss(guider, learner, critic, delta=1.5, aux_coef=1.0)
+        >>> loss.set_keys(sample_log_prob=("agents", "log_prob"), action=("agents", "action"))
+        >>> loss.make_value_estimator(gamma=0.99, lmbda=0.95)
+        >>> out = loss(batch)
+        >>> (out["loss_guider"] + out["loss_entropy"]).backward()
+
+    Args: those of :class:`GuiderClipLoss` and :class:`LearnerKLPPOLoss`; ``critic_network`` is
+    required.
+    """
+
+    _losses = ("loss_guider", "loss_learner", "loss_critic", "loss_entropy")
+    _diagnostics = (
+        "guider_objective",
+        "guider_kl",
+        "learner_kl",
+        "learner_objective",
+        "mask_fraction",
+        "guider_clip_fraction",
+        "learner_clip_fraction",
+        "guider_entropy",
+    )
+
+    def __init__(
+        self,
+        guider_network: ProbabilisticTensorDictSequential,
+        learner_network: ProbabilisticTensorDictSequential,
+        critic_network: TensorDictModule,
+        *,
+        delta: float = 1.5,
+        clip_epsilon: float = 0.2,
+        aux_coef: float = 1.0,
+        learner_kl: str = "forward",
+        entropy_coeff: float = 0.01,
+        critic_coeff: float | None = None,
+        loss_critic_type: str = "l2",
+        clip_value: float | None = None,
+        normalize_advantage: bool = True,
+        normalize_advantage_exclude_dims: Sequence[int] = (),
+        check_finite: bool = True,
+        backend: str = "auto",
+    ):
+        if critic_network is None:
+            raise ValueError("MAGPOLoss needs a critic_network (use GuiderClipLoss + LearnerKLPPOLoss without one)")
+        super().__init__(
+            guider_network,
+            learner_network,
+            critic_network,
+            delta=delta,
+            clip_epsilon=clip_epsilon,
+            aux_coef=aux_coef,
+            learner_kl=learner_kl,
+            entropy_coeff=entropy_coeff,
+            critic_coeff=critic_coeff,
+            loss_critic_type=loss_critic_type,
+            clip_value=clip_value,
+            normalize_advantage=normalize_advantage,
+            normalize_advantage_exclude_dims=normalize_advantage_exclude_dims,
+            check_finite=check_finite,
+            backend=backend,
+        )
