@@ -1,0 +1,156 @@
+"""The paper's didactic game (Section 3), trained with ``MAGPOLoss``: MAGPO vs CTDS.
+
+Three agents each pick an integer in 0..4; the team succeeds (reward 1) only when the sum is
+10. The guider is a tabular auto-regressive policy (agent i sees the actions of agents < i),
+the learners are independent per-agent tables. Success probabilities are exact (enumerated
+over the 125 joint actions), so the printed numbers carry no sampling noise.
+
+``train(delta, aux_coef, iterations, seed)`` runs one training and returns the exact success
+of the guider and of the learner after every iteration; ``python -m benchmarl_ext.demo`` is
+the command around it.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from tensordict import TensorDict
+from tensordict.nn import ProbabilisticTensorDictModule, ProbabilisticTensorDictSequential, TensorDictModule
+from torch import nn
+
+from magpo.losses import MAGPOLoss
+
+AGENTS, ACTIONS, TARGET = 3, 5, 10
+JOINT = torch.tensor(list(itertools.product(range(ACTIONS), repeat=AGENTS)))  # [125, 3]
+SUCCESS = JOINT.sum(-1) == TARGET
+
+
+class AutoRegressiveTable(nn.Module):
+    """Tabular guider: logits of agent i indexed by the actions of agents 0..i-1.
+
+    ``forward(action [B, 3]) -> logits [B, 3, 5]`` is the teacher-forced pass used by the loss.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.tables = nn.ParameterList(
+            nn.Parameter(torch.zeros(*(ACTIONS,) * i, ACTIONS)) for i in range(AGENTS)
+        )
+
+    def forward(self, action: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self._logits(i, action) for i in range(AGENTS)], 1)
+
+    def _logits(self, agent: int, action: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, 5]`` of ``agent`` given the actions of the agents before it."""
+        return self.tables[agent][tuple(action[:, :agent].T)].expand(len(action), ACTIONS)
+
+    @torch.no_grad()
+    def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """Joint actions ``[batch, 3]``, agent after agent."""
+        action = torch.zeros(batch, AGENTS, dtype=torch.long)
+        for i in range(AGENTS):
+            probs = self._logits(i, action).softmax(-1)
+            action[:, i] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return action
+
+
+def _policy(module: TensorDictModule) -> ProbabilisticTensorDictSequential:
+    head = ProbabilisticTensorDictModule(
+        in_keys={"logits": ("agents", "logits")},
+        out_keys=[("agents", "action")],
+        distribution_class=torch.distributions.Categorical,
+        return_log_prob=True,
+        log_prob_key=("agents", "log_prob"),
+    )
+    return ProbabilisticTensorDictSequential(module, head)
+
+
+def success_probability(logits: torch.Tensor) -> float:
+    """Exact P(sum == 10) for per-agent logits ``[125, 3, 5]`` evaluated at every joint action."""
+    log_probs = logits.log_softmax(-1).gather(-1, JOINT[..., None]).squeeze(-1).sum(-1)
+    return log_probs[SUCCESS].exp().sum().item()
+
+
+def train(
+    delta: float,
+    aux_coef: float,
+    iterations: int,
+    seed: int,
+    *,
+    batch: int = 256,
+    epochs: int = 4,
+    lr: float = 0.05,
+    clip_epsilon: float = 0.2,
+    entropy_coeff: float = 0.01,
+    learner_kl: str = "forward",
+) -> list[tuple[float, float]]:
+    """Train one run; returns the exact success probability of (guider, learner) per iteration."""
+    for name, value in (("iterations", iterations), ("batch", batch), ("epochs", epochs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    table = AutoRegressiveTable()
+    guider = _policy(TensorDictModule(table, [("agents", "action")], [("agents", "logits")]))
+    learner = _policy(TensorDictModule(nn.Linear(AGENTS, ACTIONS, bias=False), [("agents", "observation")], [("agents", "logits")]))
+    critic = TensorDictModule(nn.Linear(AGENTS, 1), [("agents", "observation")], [("agents", "state_value")])
+    loss = MAGPOLoss(
+        guider,
+        learner,
+        critic,
+        delta=delta,
+        aux_coef=aux_coef,
+        clip_epsilon=clip_epsilon,
+        entropy_coeff=entropy_coeff,
+        learner_kl=learner_kl,
+    )
+    loss.set_keys(
+        action=("agents", "action"),
+        sample_log_prob=("agents", "log_prob"),
+        advantage=("agents", "advantage"),
+        value_target=("agents", "value_target"),
+        value=("agents", "state_value"),
+    )
+    optimizers = {
+        key: torch.optim.Adam(module.parameters(), lr=lr)
+        for key, module in (("guider", guider), ("learner", learner), ("critic", critic))
+    }
+    agent_ids = torch.eye(AGENTS).expand(batch, AGENTS, AGENTS)
+    history = []
+    for _ in range(iterations):
+        action = table.sample(batch, generator)
+        data = TensorDict(
+            {"agents": TensorDict({"action": action, "observation": agent_ids}, [batch, AGENTS])}, [batch]
+        )
+        with torch.no_grad():
+            data["agents", "log_prob"] = guider.get_dist(data).log_prob(action)
+            reward = (action.sum(-1) == TARGET).float()[:, None, None].expand(batch, AGENTS, 1)
+            # one-step game: the return is the reward, the advantage is r - V(s)
+            data["agents", "value_target"] = reward
+            data["agents", "advantage"] = reward - critic(data.clone())["agents", "state_value"]
+        for _ in range(epochs):
+            out = loss(data)
+            for key, total in (
+                ("guider", out["loss_guider"] + out["loss_entropy"]),
+                ("learner", out["loss_learner"]),
+                ("critic", out["loss_critic"]),
+            ):
+                optimizers[key].zero_grad()
+                total.backward()
+                optimizers[key].step()
+        with torch.no_grad():
+            every_joint = TensorDict(
+                {"agents": TensorDict({"action": JOINT, "observation": agent_ids[:1].expand(len(JOINT), -1, -1)}, [len(JOINT), AGENTS])},
+                [len(JOINT)],
+            )
+            logits = ("agents", "logits")
+            history.append(
+                (
+                    success_probability(guider.get_dist_params(every_joint.clone())[logits]),
+                    success_probability(learner.get_dist_params(every_joint.clone())[logits]),
+                )
+            )
+    return history
