@@ -144,7 +144,7 @@ def magpo_loss_categorical(
     )
     options = dict(delta=float(delta), clip_epsilon=float(clip_epsilon), aux_coef=float(aux_coef), learner_kl=learner_kl)
     if _resolve_backend(backend, device) == "triton":
-        from kernels.triton_ops import triton_categorical
+        from kernels.magpo_categorical import triton_categorical
 
         return triton_categorical(
             guider_logits, learner_logits, action, behavior_log_prob, advantage, action_mask=action_mask, **options
@@ -205,7 +205,7 @@ def magpo_loss_normal(
     device = _check_same_device(named)
     options = dict(delta=float(delta), clip_epsilon=float(clip_epsilon), aux_coef=float(aux_coef), learner_kl=learner_kl)
     if _resolve_backend(backend, device) == "triton":
-        from kernels.triton_ops import triton_normal
+        from kernels.magpo_normal import triton_normal
 
         return triton_normal(
             guider_loc, guider_scale, learner_loc, learner_scale, action, behavior_log_prob, advantage, **options
