@@ -274,3 +274,20 @@ def test_reference_backend_can_be_forced():
     assert loss.backend == "reference"
     assert torch.isfinite(loss(batch)["loss_guider"])
     assert kernels.BACKENDS == ("auto", "reference", "triton")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("family", ["masked", "tanh_normal"])
+def test_triton_backend_matches_reference_in_the_module(family):
+    # On CPU this runs Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1).
+    outs, grads = {}, {}
+    for backend in ("reference", "triton"):
+        loss, batch, guider, learner, _ = make_setup(family, backend=backend, seed=3)
+        out = loss(batch)
+        (out["loss_guider"] + out["loss_entropy"] + out["loss_learner"]).backward()
+        outs[backend] = out
+        grads[backend] = [p.grad for p in list(guider.parameters()) + list(learner.parameters())]
+    for key in outs["reference"].keys():
+        torch.testing.assert_close(outs["triton"][key], outs["reference"][key], rtol=1e-4, atol=1e-5, msg=key)
+    for got, want in zip(grads["triton"], grads["reference"]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,44 @@
+"""The microbenchmark script on CPU (eager provider only, tiny sizes): table, CSV upsert, PNG."""
+
+import csv
+
+import pytest
+
+from kernels import bench
+
+
+def test_cpu_smoke_run_upserts_csv_and_draws(tmp_path, capsys):
+    out = tmp_path / "kernels.csv"
+    args = ["--device", "cpu", "--providers", "eager", "--rows", "6,7", "--sizes", "3", "--csv", str(out)]
+    bench.main(args)
+    bench.main(args)  # the same keys again: replaced, not appended
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 2 * 3  # families x row counts x modes
+    assert {r["mode"] for r in rows} == {"forward", "backward", "full"}
+    assert all(float(r["p50_ms"]) >= 0 and r["torch"] and r["triton"] and r["date"] for r in rows)
+    assert len(list(tmp_path.glob("kernels_*.png"))) == 1
+    assert "copy bandwidth" in capsys.readouterr().out
+
+
+def test_min_bytes_counts_reads_and_gradient_writes():
+    forward = bench.min_bytes("categorical", 1024, 16, "forward")
+    backward = bench.min_bytes("categorical", 1024, 16, "backward")
+    assert backward == 1024 * 2 * 16 * 4  # both sides' fp32 gradients, written once
+    assert forward == backward + 1024 * (8 + 8)  # + action (int64), behaviour log-prob, advantage
+    assert bench.min_bytes("categorical", 1024, 16, "full") == forward + backward
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--device", "cpu", "--providers", "eager,triton"], "cannot time the Triton provider"),
+        (["--device", "cpu", "--providers", "numpy"], "--providers"),
+        (["--device", "cpu", "--providers", "eager", "--rows", "0"], "--rows"),
+        (["--device", "cpu", "--providers", "eager", "--sizes", "x"], "comma lists"),
+    ],
+)
+def test_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(argv)
+    assert message in capsys.readouterr().err
