@@ -1,0 +1,310 @@
+"""MAGPO (and its CTDS ablation) as a BenchMARL algorithm.
+
+``Magpo`` extends BenchMARL's public ``Mappo``: the decentralized learner is exactly MAPPO's
+actor (its ``_get_policy_for_loss``), the critic is MAPPO's centralized critic and GAE is
+computed in MAPPO's ``process_batch``. On top, MAGPO adds the centralized auto-regressive
+guider (:mod:`magpo.guiders`), which collects the data, and trains guider, learner and critic
+with :class:`magpo.MAGPOLoss`, each with its own optimizer (keys ``loss_guider``,
+``loss_learner``, ``loss_critic``).
+
+Evaluation must use the learner, not the collecting guider: BenchMARL's plain ``Experiment``
+evaluates the collection policy, so ``Magpo`` only runs inside
+:class:`benchmarl_ext.experiment.MagpoExperiment` (which the ``benchmarl`` command uses) and
+refuses a plain ``Experiment``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional, Type
+
+import torch
+from benchmarl.algorithms.common import Algorithm
+from benchmarl.algorithms.mappo import Mappo, MappoConfig
+from benchmarl.models.common import ModelConfig
+from tensordict import TensorDictBase
+from tensordict.nn import NormalParamExtractor, ProbabilisticTensorDictModule, TensorDictModule, TensorDictModuleBase, TensorDictSequential
+from torch.distributions import Categorical
+from torchrl.modules import IndependentNormal, MaskedCategorical, TanhNormal
+from torchrl.objectives import ValueEstimators
+
+from kernels.api import check_loss_options
+from magpo import MAGPOLoss
+from magpo.guiders import AGENT_ORDERS, ResidualGuider, TransformerGuider, make_guider_policies
+
+GUIDER_TYPES = ("transformer", "residual")
+
+
+class Magpo(Mappo):
+    """Multi-Agent Guided Policy Optimization (arXiv 2507.18059) in BenchMARL.
+
+    Args (besides MAPPO's, see :class:`MagpoConfig` for the meaning of each field):
+        delta, aux_coef, learner_kl, guider, guider_embed_dim, guider_heads, guider_layers,
+        agent_order, backtrack, normalize_advantage, clip_value, backend.
+    """
+
+    def __init__(
+        self,
+        delta: float,
+        aux_coef: float,
+        learner_kl: str,
+        guider: str,
+        guider_embed_dim: int,
+        guider_heads: int,
+        guider_layers: int,
+        agent_order: str,
+        backtrack: bool,
+        normalize_advantage: bool,
+        clip_value: Optional[float],
+        backend: str,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        from benchmarl_ext.experiment import MagpoExperiment
+
+        if not isinstance(self.experiment, MagpoExperiment):
+            raise TypeError(
+                "MAGPO collects with the guider but must be evaluated with the decentralized learner; a plain "
+                "benchmarl Experiment would evaluate the guider. Use benchmarl_ext.experiment.MagpoExperiment "
+                "(the `benchmarl run` command of this package does)."
+            )
+        self.delta = delta
+        self.aux_coef = aux_coef
+        self.learner_kl = learner_kl
+        self.guider_type = guider
+        self.guider_embed_dim = guider_embed_dim
+        self.guider_heads = guider_heads
+        self.guider_layers = guider_layers
+        self.agent_order = agent_order
+        self.backtrack_enabled = backtrack
+        self.normalize_advantage = normalize_advantage
+        self.clip_value = clip_value
+        self.backend = backend
+        self._learners: dict[str, TensorDictModule] = {}
+        self._guider_cores: dict[str, torch.nn.Module] = {}
+        self._guider_samplers: dict[str, TensorDictModuleBase] = {}
+        for group, agents in self.group_map.items():
+            if len(agents) < 1:
+                raise ValueError(f"task group {group!r} has no agents; MAGPO needs at least one agent per group")
+
+    # ------------------------------------------------------------------ policies
+
+    def _get_policy_for_loss(self, group: str, model_config: ModelConfig, continuous: bool) -> TensorDictModule:
+        """The guider for the loss (teacher forcing); also builds the learner and the sampler."""
+        learner = super()._get_policy_for_loss(group, model_config, continuous)
+        self._learners[group] = learner
+        n_agents = len(self.group_map[group])
+        action_spec = self.action_spec[group, "action"]
+        observation_keys = [(group, *((k,) if isinstance(k, str) else k)) for k in self.observation_spec[group].keys(True, True)]
+        observation_dim = sum(
+            math.prod(self.observation_spec[group][k[1:]].shape[1:]) for k in observation_keys
+        )
+        state_key, state_dim = None, None
+        if self.state_spec is not None:
+            state_key = list(self.state_spec.keys(True, True))[0]
+            state_dim = math.prod(self.state_spec[state_key].shape)
+        if continuous:
+            action_size = action_spec.shape[-1]
+            param_dim = 2 * action_size
+        else:
+            action_size = action_spec.space.n
+            param_dim = action_size
+        params_key = (group, "guider_logits")
+        common = dict(
+            observation_keys=observation_keys,
+            state_key=state_key,
+            observation_dim=observation_dim,
+            state_dim=state_dim,
+            n_agents=n_agents,
+            action_size=action_size,
+            discrete=not continuous,
+            param_dim=param_dim,
+        )
+        if self.guider_type == "transformer":
+            core = TransformerGuider(
+                **common, embed_dim=self.guider_embed_dim, num_heads=self.guider_heads, num_layers=self.guider_layers
+            )
+        else:
+            core = ResidualGuider(
+                self._learner_params_module(group), (group, "logits"), **common, hidden_dim=self.guider_embed_dim
+            )
+        core = core.to(self.device)
+        self._guider_cores[group] = core
+
+        if continuous:
+            head = [
+                TensorDictModule(
+                    NormalParamExtractor(scale_mapping=self.scale_mapping),
+                    in_keys=[params_key],
+                    out_keys=[(group, "guider_loc"), (group, "guider_scale")],
+                )
+            ]
+            distribution = ProbabilisticTensorDictModule(
+                in_keys={"loc": (group, "guider_loc"), "scale": (group, "guider_scale")},
+                out_keys=[(group, "action")],
+                distribution_class=TanhNormal if self.use_tanh_normal else IndependentNormal,
+                distribution_kwargs=(
+                    {"low": action_spec.space.low, "high": action_spec.space.high} if self.use_tanh_normal else {}
+                ),
+                return_log_prob=True,
+                log_prob_key=(group, "log_prob"),
+            )
+        else:
+            head = []
+            masked = self.action_mask_spec is not None
+            distribution = ProbabilisticTensorDictModule(
+                in_keys={"logits": params_key, "mask": (group, "action_mask")} if masked else {"logits": params_key},
+                out_keys=[(group, "action")],
+                distribution_class=MaskedCategorical if masked else Categorical,
+                return_log_prob=True,
+                log_prob_key=(group, "log_prob"),
+            )
+        for_loss, for_collection = make_guider_policies(
+            core,
+            head,
+            distribution,
+            group=group,
+            params_key=params_key,
+            order_key=(group, "agent_order"),
+            agent_order=self.agent_order,
+            action_shape=action_spec.shape,
+            action_dtype=action_spec.dtype,
+        )
+        self._guider_samplers[group] = for_collection
+        return for_loss
+
+    def _learner_params_module(self, group: str) -> TensorDictModuleBase:
+        """The learner's module that writes ``(group, "logits")`` (MAPPO's actor network)."""
+        key = (group, "logits")
+        for module in self._learners[group].modules():
+            if isinstance(module, TensorDictModuleBase) and list(module.out_keys) == [key]:
+                return module
+        raise RuntimeError(f"no module of the learner writes {key}")
+
+    def _get_policy_for_collection(self, policy_for_loss: TensorDictModule, group: str, continuous: bool) -> TensorDictModule:
+        """Collection uses the guider, agent after agent."""
+        return self._guider_samplers[group]
+
+    def get_learner_policy(self) -> TensorDictSequential:
+        """The decentralized learners of all groups: each agent acts on its own observation."""
+        return TensorDictSequential(*(self._learners[group] for group in self.group_map))
+
+    def get_guider_policy(self) -> TensorDictSequential:
+        """The guiders of all groups (the centralized-execution reference)."""
+        return TensorDictSequential(*(self._guider_samplers[group] for group in self.group_map))
+
+    @torch.no_grad()
+    def backtrack(self, group: str) -> None:
+        """Paper step 4: reset the (residual) guider to the learner, in place."""
+        self._guider_cores[group].reset_to(self._learner_params_module(group))
+
+    # ------------------------------------------------------------------ loss
+
+    def _get_loss(self, group: str, policy_for_loss: TensorDictModule, continuous: bool):
+        loss_module = MAGPOLoss(
+            policy_for_loss,
+            self._learners[group],
+            self.get_critic(group),
+            delta=self.delta,
+            clip_epsilon=self.clip_epsilon,
+            aux_coef=self.aux_coef,
+            learner_kl=self.learner_kl,
+            entropy_coeff=self.entropy_coef,
+            critic_coeff=self.critic_coef,
+            loss_critic_type=self.loss_critic_type,
+            clip_value=self.clip_value,
+            normalize_advantage=self.normalize_advantage,
+            backend=self.backend,
+        )
+        loss_module.set_keys(
+            reward=(group, "reward"),
+            action=(group, "action"),
+            done=(group, "done"),
+            terminated=(group, "terminated"),
+            advantage=(group, "advantage"),
+            value_target=(group, "value_target"),
+            value=(group, "state_value"),
+            sample_log_prob=(group, "log_prob"),
+        )
+        loss_module.make_value_estimator(ValueEstimators.GAE, gamma=self.experiment_config.gamma, lmbda=self.lmbda)
+        return loss_module, False
+
+    def _get_parameters(self, group: str, loss: MAGPOLoss) -> Dict[str, Iterable]:
+        return {
+            "loss_guider": list(loss.actor_network_params.flatten_keys().values()),
+            "loss_learner": list(loss.learner_network_params.flatten_keys().values()),
+            "loss_critic": list(loss.critic_network_params.flatten_keys().values()),
+        }
+
+    def process_loss_vals(self, group: str, loss_vals: TensorDictBase) -> TensorDictBase:
+        # the entropy bonus trains the guider: step it with the guider's optimizer
+        loss_vals.set("loss_guider", loss_vals["loss_guider"] + loss_vals["loss_entropy"])
+        del loss_vals["loss_entropy"]
+        return loss_vals
+
+
+class Ctds(Magpo):
+    """The CTDS baseline of the paper (Sec. 5): MAGPO with delta = inf and aux_coef = 0.
+
+    A separate class only so that BenchMARL names its runs ``ctds``; the presets in
+    ``conf/algorithm/ctds.yaml`` set the two values.
+    """
+
+
+@dataclass
+class MagpoConfig(MappoConfig):
+    """Configuration of :class:`Magpo`; every field is documented in ``conf/algorithm/magpo.yaml``."""
+
+    delta: float = 1.5
+    aux_coef: float = 1.0
+    learner_kl: str = "forward"
+    guider: str = "transformer"
+    guider_embed_dim: int = 64
+    guider_heads: int = 4
+    guider_layers: int = 1
+    agent_order: str = "random"
+    backtrack: bool = False
+    normalize_advantage: bool = True
+    clip_value: Optional[float] = None
+    backend: str = "auto"
+
+    def __post_init__(self):
+        check_loss_options(self.delta, self.clip_epsilon, self.aux_coef, self.learner_kl, self.backend)
+        if self.guider not in GUIDER_TYPES:
+            raise ValueError(f"algorithm.guider must be one of {GUIDER_TYPES}, got {self.guider!r}")
+        if self.agent_order not in AGENT_ORDERS:
+            raise ValueError(f"algorithm.agent_order must be one of {AGENT_ORDERS}, got {self.agent_order!r}")
+        if self.backtrack and self.guider != "residual":
+            raise ValueError(
+                f"algorithm.backtrack=true needs algorithm.guider=residual (a guider that can be reset exactly to the "
+                f"learner), got guider={self.guider!r}"
+            )
+        for name in ("guider_embed_dim", "guider_heads", "guider_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"algorithm.{name} must be an integer >= 1, got {value!r}")
+        if self.guider == "transformer" and self.guider_embed_dim % self.guider_heads:
+            raise ValueError(
+                f"algorithm.guider_embed_dim ({self.guider_embed_dim}) must be divisible by algorithm.guider_heads "
+                f"({self.guider_heads})"
+            )
+        if self.clip_value is not None and not self.clip_value > 0:
+            raise ValueError(f"algorithm.clip_value must be > 0 or null, got {self.clip_value}")
+        if not self.entropy_coef >= 0:
+            raise ValueError(f"algorithm.entropy_coef must be >= 0, got {self.entropy_coef}")
+        if not 0 <= self.lmbda <= 1:
+            raise ValueError(f"algorithm.lmbda must be in [0, 1], got {self.lmbda}")
+
+    @staticmethod
+    def associated_class() -> Type[Algorithm]:
+        return Magpo
+
+
+@dataclass
+class CtdsConfig(MagpoConfig):
+    """Configuration of :class:`Ctds` (same fields as :class:`MagpoConfig`)."""
+
+    @staticmethod
+    def associated_class() -> Type[Algorithm]:
+        return Ctds

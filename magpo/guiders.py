@@ -1,0 +1,360 @@
+"""Centralized auto-regressive guiders for MAGPO, as TorchRL modules.
+
+A guider maps every agent's observation (and the task's global state, when there is one) plus
+the actions of the agents before it in the execution order to that agent's action
+distribution parameters. Two cores:
+
+* :class:`TransformerGuider` (MAT-style, arXiv 2205.14953): a transformer encoder over the agents'
+  observation embeddings (plus a state token), and a decoder whose causal self-attention runs
+  over the previously chosen actions, in execution order, with cross-attention to the encoding.
+* :class:`ResidualGuider`: a copy of the learner's network plus a correction that sees the
+  centralized context and the previous actions. The correction's last layer starts at zero, so
+  :meth:`ResidualGuider.reset_to` makes the guider's distribution equal the learner's on every
+  input (the paper's guider backtracking, Section 4.1 step 4).
+
+Both run in two modes, wrapped by :func:`make_guider_policies`:
+
+* teacher forcing (the loss): one parallel pass computes every agent's parameters given the
+  stored joint action and the stored execution order;
+* sequential sampling (collection): agents act one after the other, each conditioned on the
+  actions already taken; the order (fixed, or a fresh random permutation per step) is written
+  to the batch as ``(group, "agent_order")`` so training recomputes log-probs under it.
+
+Orders are ``[*B, n_agents]`` long tensors; ``order[..., k]`` is the agent that acts k-th.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import (
+    ProbabilisticTensorDictModule,
+    ProbabilisticTensorDictSequential,
+    TensorDictModuleBase,
+)
+from tensordict.utils import NestedKey
+from torch import nn
+
+AGENT_ORDERS = ("fixed", "random")
+
+
+def positions_of(order: torch.Tensor) -> torch.Tensor:
+    """Inverse permutation: ``positions[..., i]`` is the step at which agent i acts."""
+    return torch.argsort(order, dim=-1)
+
+
+def _flat_observations(tensordict: TensorDictBase, keys: Sequence[NestedKey], lead: int) -> torch.Tensor:
+    """Concatenate the observation entries, flattening each one's feature dims after ``lead`` dims."""
+    return torch.cat([tensordict.get(k).flatten(lead).float() for k in keys], dim=-1)
+
+
+class _ActionEmbedding(nn.Module):
+    """Embeds one agent's action (an index or a vector); ``start`` stands for 'no action yet'."""
+
+    def __init__(self, action_size: int, discrete: bool, dim: int):
+        super().__init__()
+        self.discrete = discrete
+        self.embed = nn.Embedding(action_size, dim) if discrete else nn.Linear(action_size, dim)
+        self.start = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, action: torch.Tensor) -> torch.Tensor:
+        if self.discrete:
+            if action.shape[-1:] == (self.embed.num_embeddings,) and action.dtype == torch.bool:  # one-hot
+                action = action.long().argmax(-1)
+            return self.embed(action.long())
+        return self.embed(action.float())
+
+
+class _GuiderCore(nn.Module):
+    """Shared plumbing: reads the group's observations (and state) and the action and order."""
+
+    def __init__(self, observation_keys, state_key, n_agents: int):
+        super().__init__()
+        self.observation_keys = list(observation_keys)
+        self.state_key = state_key
+        self.n_agents = n_agents
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        keys = self.observation_keys + ([self.state_key] if self.state_key is not None else [])
+        base = getattr(self, "base", None)
+        return list(dict.fromkeys(keys + (list(base.in_keys) if base is not None else [])))
+
+    def params(self, tensordict: TensorDictBase, action: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """Distribution parameters ``[*B, n_agents, P]`` of every agent given the actions of the
+        agents before it in ``order`` (teacher forcing). ``action`` entries of agents that act at
+        or after an agent's own step never influence that agent's output."""
+        return self.decode(self.context(tensordict, order.shape[:-1]), action, order)
+
+    def context(self, tensordict: TensorDictBase, batch_shape: torch.Size):
+        """Everything that depends on the observations only (computed once per env step)."""
+        raise NotImplementedError
+
+    def decode(self, context, action: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """The parameters from a :meth:`context` and the (previous) actions in ``order``."""
+        raise NotImplementedError
+
+
+class TransformerGuider(_GuiderCore):
+    """Encoder over agents (+ state token), causal decoder over previous actions in order.
+
+    Args:
+        observation_keys: the group's observation entries, each ``[*B, n_agents, ...]``.
+        state_key: optional global state entry ``[*B, ...]``.
+        observation_dim, state_dim: flattened feature sizes.
+        n_agents: agents in the group (parameters are shared; a learned agent-id embedding
+            tells them apart).
+        action_size: number of actions (discrete) or action dims (continuous).
+        discrete: whether actions are indices.
+        param_dim: output size per agent (logits, or 2 x action dims before the Normal
+            parameter extractor).
+        embed_dim, num_heads, num_layers: transformer size (encoder and decoder each get
+            ``num_layers`` layers).
+    """
+
+    def __init__(
+        self,
+        observation_keys,
+        state_key,
+        observation_dim: int,
+        state_dim: int | None,
+        n_agents: int,
+        action_size: int,
+        discrete: bool,
+        param_dim: int,
+        embed_dim: int = 64,
+        num_heads: int = 4,
+        num_layers: int = 1,
+    ):
+        super().__init__(observation_keys, state_key, n_agents)
+        self.observation_embed = nn.Sequential(nn.LayerNorm(observation_dim), nn.Linear(observation_dim, embed_dim), nn.GELU())
+        self.agent_embed = nn.Parameter(0.02 * torch.randn(n_agents, embed_dim))
+        self.state_embed = (
+            nn.Sequential(nn.LayerNorm(state_dim), nn.Linear(state_dim, embed_dim), nn.GELU()) if state_dim else None
+        )
+        layer = dict(d_model=embed_dim, nhead=num_heads, dim_feedforward=2 * embed_dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), num_layers, enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), num_layers)
+        self.action_embed = _ActionEmbedding(action_size, discrete, embed_dim)
+        self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, param_dim))
+        self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(n_agents), persistent=False)
+
+    def context(self, tensordict, batch_shape):
+        n = self.n_agents
+        obs = _flat_observations(tensordict, self.observation_keys, len(batch_shape) + 1)
+        obs = obs.reshape(-1, n, obs.shape[-1])
+        memory = self.observation_embed(obs) + self.agent_embed
+        if self.state_embed is not None:
+            state = tensordict.get(self.state_key).flatten(len(batch_shape)).float().reshape(len(memory), -1)
+            memory = torch.cat([self.state_embed(state)[:, None], memory], dim=1)
+        return self.encoder(memory)
+
+    def decode(self, memory, action, order):
+        batch_shape = order.shape[:-1]
+        n = self.n_agents
+        agents = memory[:, -n:]
+        flat_order = order.reshape(-1, n)
+        step_agents = agents.gather(1, flat_order[..., None].expand(-1, -1, agents.shape[-1]))
+        action_rows = action.reshape(len(flat_order), n, *action.shape[len(batch_shape) + 1 :])
+        taken = self.action_embed(action_rows)  # [B, n, E], agent-indexed
+        taken_in_order = taken.gather(1, flat_order[..., None].expand(-1, -1, taken.shape[-1]))
+        # step k sees the actions of steps < k: shift right, a start token at step 0
+        previous = torch.cat([self.action_embed.start.expand(len(taken), 1, -1), taken_in_order[:, :-1]], dim=1)
+        decoded = self.decoder(previous + step_agents, memory, tgt_mask=self.causal_mask, tgt_is_causal=True)
+        out_in_order = self.head(decoded)
+        positions = positions_of(flat_order)
+        out = out_in_order.gather(1, positions[..., None].expand(-1, -1, out_in_order.shape[-1]))
+        return out.reshape(*batch_shape, n, -1)
+
+
+class ResidualGuider(_GuiderCore):
+    """The learner's network plus a zero-initialised, centralized, auto-regressive correction.
+
+    Args:
+        learner_module: the learner's ``TensorDictModule`` that writes its distribution
+            parameters to ``learner_out_key``; it is deep-copied into the guider's base.
+        learner_out_key: that key, e.g. ``(group, "logits")``.
+        observation_keys, state_key, observation_dim, state_dim, n_agents, action_size,
+        discrete, param_dim: as in :class:`TransformerGuider`.
+        hidden_dim: width of the correction MLP.
+    """
+
+    def __init__(
+        self,
+        learner_module: TensorDictModuleBase,
+        learner_out_key: NestedKey,
+        observation_keys,
+        state_key,
+        observation_dim: int,
+        state_dim: int | None,
+        n_agents: int,
+        action_size: int,
+        discrete: bool,
+        param_dim: int,
+        hidden_dim: int = 64,
+    ):
+        super().__init__(observation_keys, state_key, n_agents)
+        self.base = copy.deepcopy(learner_module)
+        self.base_out_key = learner_out_key
+        self.action_embed = _ActionEmbedding(action_size, discrete, hidden_dim)
+        context_dim = 2 * observation_dim + (state_dim or 0) + hidden_dim + n_agents
+        self.correction = nn.Sequential(
+            nn.Linear(context_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, hidden_dim), nn.Tanh(),
+            nn.Linear(hidden_dim, param_dim),
+        )
+        self._zero_correction()
+
+    def _zero_correction(self) -> None:
+        last = self.correction[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.zero_()
+
+    @torch.no_grad()
+    def reset_to(self, learner_module: TensorDictModuleBase) -> None:
+        """Backtrack: copy the learner into the base and zero the correction, in place (the
+        Parameter objects stay, so optimizers and collectors keep working)."""
+        source = dict(learner_module.named_parameters()) | dict(learner_module.named_buffers())
+        for name, tensor in list(self.base.named_parameters()) + list(self.base.named_buffers()):
+            tensor.copy_(source[name])
+        self._zero_correction()
+
+    def context(self, tensordict, batch_shape):
+        lead = len(batch_shape)
+        base = self.base(tensordict.select(*self.base.in_keys, strict=False).clone(False)).get(self.base_out_key)
+        obs = _flat_observations(tensordict, self.observation_keys, lead + 1)  # [*B, n, F]
+        others = obs.mean(dim=-2, keepdim=True).expand_as(obs)  # permutation-invariant summary
+        parts = [obs, others]
+        if self.state_key is not None:
+            state = tensordict.get(self.state_key).flatten(lead).float()
+            parts.append(state.unsqueeze(-2).expand(*batch_shape, self.n_agents, -1))
+        return base, torch.cat(parts, dim=-1)
+
+    def decode(self, context, action, order):
+        base, observed = context
+        positions = positions_of(order)  # [*B, n]
+        before = positions.unsqueeze(-1) > positions.unsqueeze(-2)  # [*B, i, j]: j acted before i
+        taken = self.action_embed(action)  # [*B, n, H]
+        previous = (before.float() @ taken) / before.sum(-1, keepdim=True).clamp(min=1)
+        step = nn.functional.one_hot(positions, self.n_agents).float()
+        return base + self.correction(torch.cat([observed, previous, step], dim=-1))
+
+
+class TeacherForcedGuider(TensorDictModuleBase):
+    """The loss side: writes every agent's parameters given the stored action and order."""
+
+    def __init__(self, core: _GuiderCore, action_key: NestedKey, order_key: NestedKey, out_key: NestedKey):
+        super().__init__()
+        self.core = core
+        self.action_key, self.order_key, self.out_key = action_key, order_key, out_key
+        self.in_keys = list(dict.fromkeys(core.in_keys + [action_key, order_key]))
+        self.out_keys = [out_key]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        params = self.core.params(tensordict, tensordict.get(self.action_key), tensordict.get(self.order_key))
+        tensordict.set(self.out_key, params)
+        return tensordict
+
+
+class SequentialGuiderSampler(TensorDictModuleBase):
+    """The collection side: agents act one after the other in a fixed or random order.
+
+    Step k runs the teacher-forced pass on the actions chosen so far (entries of agents yet to
+    act are placeholders that the causal structure ignores), lets the distribution head act
+    under the current exploration type (sample, or mode when deterministic) and keeps the action
+    and log-prob of the agent acting k-th. Writes the joint action, the per-agent log-probs,
+    the parameters and the order.
+    """
+
+    def __init__(
+        self,
+        teacher_forced: TeacherForcedGuider,
+        head: ProbabilisticTensorDictSequential,
+        group: str,
+        log_prob_key: NestedKey,
+        agent_order: str,
+        action_shape: Sequence[int],
+        action_dtype: torch.dtype,
+    ):
+        super().__init__()
+        if agent_order not in AGENT_ORDERS:
+            raise ValueError(f"agent_order must be one of {AGENT_ORDERS}, got {agent_order!r}")
+        self.teacher_forced = teacher_forced
+        self.head = head
+        self.group = group
+        self.action_key, self.order_key = teacher_forced.action_key, teacher_forced.order_key
+        self.log_prob_key = log_prob_key
+        self.n_agents = teacher_forced.core.n_agents
+        self.agent_order = agent_order
+        self.action_shape, self.action_dtype = tuple(action_shape), action_dtype
+        produced = set(teacher_forced.out_keys)
+        self.in_keys = list(
+            dict.fromkeys(
+                [k for k in teacher_forced.in_keys if k not in (self.action_key, self.order_key)]
+                + [k for k in head.in_keys if k not in produced]
+            )
+        )
+        self.out_keys = [self.action_key, log_prob_key, self.order_key, *teacher_forced.out_keys]
+
+    def _order(self, batch_shape: torch.Size, device: torch.device) -> torch.Tensor:
+        if self.agent_order == "fixed":
+            return torch.arange(self.n_agents, device=device).expand(*batch_shape, self.n_agents)
+        return torch.argsort(torch.rand(*batch_shape, self.n_agents, device=device), dim=-1)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        group_td = tensordict.get(self.group)
+        batch_shape = group_td.batch_size[:-1]
+        device = group_td.get(self.teacher_forced.core.observation_keys[0][-1]).device
+        order = self._order(batch_shape, device)
+        action = torch.zeros(*batch_shape, *self.action_shape, dtype=self.action_dtype, device=device)
+        log_prob = torch.zeros(*batch_shape, self.n_agents, device=device)
+        work = tensordict.clone(False)
+        core = self.teacher_forced.core
+        context = core.context(work, batch_shape)  # the observation part, once per env step
+        for step in range(self.n_agents):
+            work.set(self.teacher_forced.out_key, core.decode(context, action, order))
+            acted = self.head(work.clone(False))
+            acting = nn.functional.one_hot(order[..., step], self.n_agents).bool()  # [*B, n]
+            log_prob = torch.where(acting, acted.get(self.log_prob_key), log_prob)
+            while acting.dim() < action.dim():
+                acting = acting.unsqueeze(-1)
+            action = torch.where(acting, acted.get(self.action_key), action)
+        tensordict.set(self.action_key, action)
+        tensordict.set(self.log_prob_key, log_prob)
+        tensordict.set(self.order_key, order)
+        tensordict.set(self.teacher_forced.out_key, work.get(self.teacher_forced.out_key))  # last step's
+        return tensordict
+
+
+def make_guider_policies(
+    core: _GuiderCore,
+    head_modules: Sequence[TensorDictModuleBase],
+    distribution: ProbabilisticTensorDictModule,
+    *,
+    group: str,
+    params_key: NestedKey,
+    order_key: NestedKey,
+    agent_order: str,
+    action_shape: Sequence[int],
+    action_dtype: torch.dtype,
+):
+    """Wrap a guider core as (policy for the loss, policy for collection).
+
+    ``head_modules`` map ``params_key`` to the distribution's inputs (e.g. a Normal parameter
+    extractor; none for logits); ``distribution`` is the ``ProbabilisticTensorDictModule`` that
+    writes the action and, with ``return_log_prob=True``, its log-prob. Both policies share
+    every parameter.
+    """
+    if not distribution.return_log_prob:
+        raise ValueError("the guider's distribution module needs return_log_prob=True")
+    action_key = distribution.out_keys[0]
+    teacher_forced = TeacherForcedGuider(core, action_key, order_key, params_key)
+    for_loss = ProbabilisticTensorDictSequential(teacher_forced, *head_modules, distribution)
+    head = ProbabilisticTensorDictSequential(*head_modules, distribution)
+    for_collection = SequentialGuiderSampler(
+        teacher_forced, head, group, distribution.log_prob_key, agent_order, action_shape, action_dtype
+    )
+    return for_loss, for_collection

@@ -1,0 +1,221 @@
+"""MAGPO in BenchMARL: the `benchmarl` command end to end, learner-only evaluation,
+backtracking, checkpoints and resume, and configuration errors. Tiny sizes: seconds each."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from benchmarl_ext import cli
+from benchmarl_ext.plots import read_scalar
+from benchmarl_ext.registration import register
+from magpo.guiders import SequentialGuiderSampler, TeacherForcedGuider
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+register()
+
+TINY = [
+    "task=vmas/balance",
+    "task.max_steps=20",
+    "experiment=cpu",
+    "experiment.max_n_frames=160",
+    "experiment.on_policy_collected_frames_per_batch=80",
+    "experiment.on_policy_n_envs_per_worker=4",
+    "experiment.on_policy_minibatch_size=40",
+    "experiment.on_policy_n_minibatch_iters=2",
+    "experiment.evaluation_interval=80",
+    "experiment.evaluation_episodes=2",
+    "model.num_cells=[16,16]",
+    "critic_model.num_cells=[16,16]",
+]
+SMALL_GUIDER = ["algorithm.guider_embed_dim=8", "algorithm.guider_heads=2"]
+
+
+def run_command(tmp_path: Path, overrides: list[str]) -> Path:
+    """`benchmarl run ...` in-process; returns the experiment folder."""
+    run_dir = tmp_path / "run"
+    cli.main(["run", *TINY, *overrides, f"hydra.run.dir={run_dir}"])
+    (folder,) = [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return folder
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_module(config_module="benchmarl_ext.conf", version_base=None):
+        cfg = compose(config_name="config", overrides=[*TINY, *overrides], return_hydra_config=True)
+    task_name = cfg.hydra.runtime.choices.task
+    del cfg.hydra
+    return cfg, task_name
+
+
+def make_experiment(tmp_path: Path, overrides: list[str]):
+    cfg, task_name = compose_config(overrides)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg.experiment.save_folder = str(tmp_path)
+    return cli.build_experiment(cfg, task_name)
+
+
+@pytest.mark.parametrize(
+    "overrides, name",
+    [
+        (["algorithm=magpo", *SMALL_GUIDER], "magpo"),
+        (["algorithm=magpo", "experiment.prefer_continuous_actions=false", "algorithm.guider=residual",
+          "algorithm.backtrack=true", "algorithm.agent_order=fixed", "algorithm.guider_embed_dim=8"], "magpo"),
+        (["algorithm=ctds", *SMALL_GUIDER], "ctds"),
+        (["algorithm=mappo"], "mappo"),
+    ],
+    ids=["magpo-continuous", "magpo-discrete-residual-backtrack", "ctds", "mappo"],
+)
+def test_benchmarl_run_end_to_end(tmp_path, overrides, name):
+    folder = run_command(tmp_path, overrides)
+    assert folder.name.startswith(name)
+    evaluation = read_scalar(folder, "eval_reward_episode_reward_mean")
+    assert len(evaluation) == 2 and all(math.isfinite(v) for v in evaluation.values())
+    assert (folder / "learning_curve.png").stat().st_size > 0
+    assert list((folder / "checkpoints").glob("checkpoint_160.pt"))
+    if name in ("magpo", "ctds"):
+        assert len(read_scalar(folder, "eval_guider_reward_episode_reward_mean")) == 2
+        for term in ("loss_guider", "loss_learner", "loss_critic", "mask_fraction", "guider_kl", "learner_kl",
+                     "guider_clip_fraction", "learner_clip_fraction", "guider_entropy", "explained_variance"):
+            values = read_scalar(folder, f"train_agents_{term}")
+            assert len(values) == 2 and all(math.isfinite(v) for v in values.values()), term
+        if name == "ctds":
+            assert set(read_scalar(folder, "train_agents_mask_fraction").values()) == {0.0}
+
+
+def test_evaluation_uses_the_learner_on_own_observations_only(tmp_path):
+    experiment = make_experiment(tmp_path, ["algorithm=magpo", *SMALL_GUIDER, "experiment.loggers=[csv]"])
+    policies = []
+    rollout = experiment.test_env.rollout
+
+    def recording_rollout(*args, policy, **kwargs):
+        policies.append(policy)
+        return rollout(*args, policy=policy, **kwargs)
+
+    experiment.test_env.rollout = recording_rollout
+    experiment._evaluation_loop()
+    learner_policy, guider_policy = policies  # learner first (eval/...), then the guider (eval_guider/...)
+    guider_parts = (TeacherForcedGuider, SequentialGuiderSampler)
+    assert not any(isinstance(m, guider_parts) for m in learner_policy.modules())
+    assert any(isinstance(m, SequentialGuiderSampler) for m in guider_policy.modules())
+    guider_params = {id(p) for p in experiment.algorithm.get_guider_policy().parameters()}
+    assert guider_params.isdisjoint(id(p) for p in learner_policy.parameters())
+
+    # perturbing the other agents' observations leaves each agent's evaluation action unchanged
+    observation = experiment.test_env.reset()
+    n_agents = observation["agents", "observation"].shape[-2]
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        actions = learner_policy(observation.clone())["agents", "action"]
+        for agent in range(n_agents):
+            perturbed = observation.clone()
+            others = [a for a in range(n_agents) if a != agent]
+            perturbed["agents", "observation"][..., others, :] += 10 * torch.randn_like(
+                perturbed["agents", "observation"][..., others, :]
+            )
+            moved = learner_policy(perturbed)["agents", "action"]
+            torch.testing.assert_close(moved[..., agent, :], actions[..., agent, :], rtol=0, atol=0)
+            assert not torch.allclose(moved[..., others, :], actions[..., others, :])
+    experiment.close()
+
+
+def test_backtrack_resets_the_guider_after_each_training_iteration(tmp_path):
+    experiment = make_experiment(
+        tmp_path, ["algorithm=magpo", "algorithm.guider=residual", "algorithm.backtrack=true", "algorithm.guider_embed_dim=8",
+                   "experiment.evaluation=false", "experiment.checkpoint_at_end=false"]
+    )
+    experiment.run()  # two iterations; the last one ends with a backtrack
+    algorithm = experiment.algorithm
+    guider = algorithm.get_policy_for_loss("agents")
+    learner = algorithm._learners["agents"]
+    for seed in range(3):
+        data = experiment.test_env.reset()
+        torch.manual_seed(seed)
+        data["agents", "observation"] = torch.randn_like(data["agents", "observation"])
+        data["agents", "action"] = torch.rand_like(experiment.test_env.full_action_spec.rand()["agents", "action"]) * 2 - 1
+        data["agents", "agent_order"] = torch.argsort(torch.rand(*data["agents"].batch_size), -1)
+        with torch.no_grad():
+            g, l = guider.get_dist(data.clone()), learner.get_dist(data.clone())
+        torch.testing.assert_close(g.loc, l.loc, rtol=0, atol=0)
+        torch.testing.assert_close(g.scale, l.scale, rtol=0, atol=0)
+
+
+def test_checkpoint_holds_everything_and_resume_continues(tmp_path):
+    overrides = ["algorithm=magpo", *SMALL_GUIDER, "experiment.evaluation=false"]
+    first = make_experiment(tmp_path / "a", overrides)
+    first.run()
+    (checkpoint,) = (Path(first.folder_name) / "checkpoints").glob("checkpoint_*.pt")
+    assert not list(checkpoint.parent.glob("*.partial"))  # written atomically
+    saved = torch.load(checkpoint, weights_only=False)
+    assert set(saved["optimizers"]["agents"]) == {"loss_guider", "loss_learner", "loss_critic"}
+    assert saved["optimizers"]["agents"]["loss_guider"]["state"]  # Adam moments, not empty
+
+    cfg, task_name = compose_config(overrides + ["experiment.max_n_frames=240"])
+    (tmp_path / "b").mkdir()
+    cfg.experiment.save_folder = str(tmp_path / "b")
+    cfg.experiment.restore_file = str(checkpoint)
+    resumed = cli.build_experiment(cfg, task_name)
+    for key, value in first.losses["agents"].state_dict().items():
+        torch.testing.assert_close(resumed.losses["agents"].state_dict()[key], value, rtol=0, atol=0, msg=key)
+    for name, optimizer in first.optimizers["agents"].items():
+        restored = resumed.optimizers["agents"][name].state_dict()["state"]
+        for index, state in optimizer.state_dict()["state"].items():
+            for k in ("exp_avg", "exp_avg_sq", "step"):
+                torch.testing.assert_close(restored[index][k], state[k], rtol=0, atol=0)
+    assert resumed.n_iters_performed == first.n_iters_performed == 2
+    resumed.run()  # continues from iteration 2 to 3 (240 frames)
+    assert resumed.n_iters_performed == 3 and resumed.total_frames == 240
+
+
+def test_resume_command_reloads_a_run(tmp_path):
+    folder = run_command(tmp_path, ["algorithm=magpo", *SMALL_GUIDER, "experiment.evaluation=false"])
+    (checkpoint,) = (folder / "checkpoints").glob("checkpoint_*.pt")
+    experiment = cli.reload_experiment(str(checkpoint))
+    assert type(experiment).__name__ == "MagpoExperiment" and experiment.n_iters_performed == 2
+    experiment.close()
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("algorithm.delta=1.0", "delta"),
+        ("algorithm.guider=lstm", "algorithm.guider"),
+        ("algorithm.backtrack=true", "algorithm.backtrack"),
+        ("algorithm.agent_order=alphabetical", "algorithm.agent_order"),
+        ("algorithm.clip_epsilon=1.5", "clip_epsilon"),
+        ("algorithm.aux_coef=-1", "aux_coef"),
+        ("algorithm.learner_kl=both", "learner_kl"),
+        ("algorithm.guider_heads=3", "algorithm.guider_embed_dim"),
+    ],
+)
+def test_bad_configuration_stops_before_any_environment(override, field, monkeypatch):
+    import benchmarl.experiment.experiment as bm_experiment
+
+    def no_env(*args, **kwargs):
+        raise AssertionError("an environment was built")
+
+    monkeypatch.setattr(bm_experiment.Experiment, "_setup_task", no_env)
+    cfg, task_name = compose_config(["algorithm=magpo", override])
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        cli.build_experiment(cfg, task_name)
+
+
+def test_plain_benchmarl_experiment_is_refused(tmp_path):
+    from benchmarl.experiment import Experiment
+    from benchmarl.hydra_config import load_experiment_from_hydra
+
+    cfg, task_name = compose_config(["algorithm=magpo", *SMALL_GUIDER])
+    cfg.experiment.save_folder = str(tmp_path)
+    with pytest.raises(TypeError, match="MagpoExperiment"):
+        load_experiment_from_hydra(cfg, task_name)
+    assert Experiment is not None
+
+
+def test_wandb_is_offline_by_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cli.main(["--help"])
+    assert os.environ["WANDB_MODE"] == "offline"

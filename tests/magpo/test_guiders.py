@@ -1,0 +1,127 @@
+"""The auto-regressive guiders: teacher forcing vs sequential sampling, causality, orders, reset."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import NormalParamExtractor, ProbabilisticTensorDictModule, TensorDictModule
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.modules import MaskedCategorical, TanhNormal
+
+from magpo.guiders import ResidualGuider, TransformerGuider, make_guider_policies
+
+BATCH, AGENTS, OBS, ACTIONS, DIMS = 6, 4, 5, 4, 2
+OBS_KEY, PARAMS_KEY = ("agents", "observation"), ("agents", "guider_params")
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(BATCH, AGENTS, ACTIONS, generator=g) > 0.3
+    mask[..., 0] = True
+    agents = TensorDict({"observation": torch.randn(BATCH, AGENTS, OBS, generator=g), "action_mask": mask}, [BATCH, AGENTS])
+    return TensorDict({"agents": agents}, [BATCH])
+
+
+def build(kind, continuous, agent_order="random", seed=0):
+    torch.manual_seed(seed)
+    size = DIMS if continuous else ACTIONS
+    param_dim = 2 * DIMS if continuous else ACTIONS
+    common = dict(observation_keys=[OBS_KEY], state_key=None, observation_dim=OBS, state_dim=None, n_agents=AGENTS,
+                  action_size=size, discrete=not continuous, param_dim=param_dim)
+    learner_net = TensorDictModule(torch.nn.Linear(OBS, param_dim), [OBS_KEY], [("agents", "logits")])
+    if kind == "transformer":
+        core = TransformerGuider(**common, embed_dim=16, num_heads=2)
+    else:
+        core = ResidualGuider(learner_net, ("agents", "logits"), **common, hidden_dim=16)
+        torch.nn.init.normal_(core.correction[-1].weight, std=0.5)  # a guider that differs from the learner
+    if continuous:
+        extractor = NormalParamExtractor()
+        head = [TensorDictModule(extractor, [PARAMS_KEY], [("agents", "guider_loc"), ("agents", "guider_scale")])]
+        dist = ProbabilisticTensorDictModule(
+            in_keys={"loc": ("agents", "guider_loc"), "scale": ("agents", "guider_scale")}, out_keys=[("agents", "action")],
+            distribution_class=TanhNormal, return_log_prob=True, log_prob_key=("agents", "log_prob"),
+        )
+        shape, dtype = (AGENTS, DIMS), torch.float32
+    else:
+        head = []
+        dist = ProbabilisticTensorDictModule(
+            in_keys={"logits": PARAMS_KEY, "mask": ("agents", "action_mask")}, out_keys=[("agents", "action")],
+            distribution_class=MaskedCategorical, return_log_prob=True, log_prob_key=("agents", "log_prob"),
+        )
+        shape, dtype = (AGENTS,), torch.long
+    for_loss, for_collection = make_guider_policies(
+        core, head, dist, group="agents", params_key=PARAMS_KEY, order_key=("agents", "agent_order"),
+        agent_order=agent_order, action_shape=shape, action_dtype=dtype,
+    )
+    return core, learner_net, for_loss, for_collection
+
+
+CASES = [(k, c) for k in ("transformer", "residual") for c in (False, True)]
+
+
+@pytest.mark.parametrize("kind, continuous", CASES)
+def test_teacher_forced_log_prob_equals_sequential_sampling(kind, continuous):
+    _, _, for_loss, for_collection = build(kind, continuous)
+    data = batch()
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        for_collection(data)
+        teacher_forced = for_loss.get_dist(data.clone()).log_prob(data["agents", "action"])
+    torch.testing.assert_close(teacher_forced, data["agents", "log_prob"], rtol=1e-5, atol=1e-5)
+    if not continuous:  # sampled actions respect the mask
+        taken = data["agents", "action_mask"].gather(-1, data["agents", "action"][..., None])
+        assert taken.all()
+
+
+@pytest.mark.parametrize("kind, continuous", CASES)
+def test_each_agent_sees_exactly_the_actions_before_it(kind, continuous):
+    _, _, for_loss, for_collection = build(kind, continuous)
+    data = batch()
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        for_collection(data)
+    params = lambda td: for_loss.module[0](td.clone())[PARAMS_KEY]  # noqa: E731
+    order = data["agents", "agent_order"]
+    rows = torch.arange(BATCH)
+    for step in range(AGENTS):
+        changed = data.clone()
+        action = changed["agents", "action"].clone()
+        agent = order[:, step]
+        action[rows, agent] = (action[rows, agent] + 1) % ACTIONS if not continuous else -action[rows, agent]
+        changed["agents", "action"] = action
+        difference = (params(changed) - params(data)).abs().flatten(2).amax(-1)  # [B, agents]
+        positions = torch.argsort(order, -1)
+        later = positions > step
+        assert (difference[~later] < 1e-6).all(), "an agent's output moved with its own or a later action"
+        if step < AGENTS - 1:
+            assert (difference[later] > 1e-7).all(), "a later agent ignored an earlier action"
+
+
+def test_orders_random_per_step_or_fixed():
+    _, _, _, random_order = build("transformer", False, agent_order="random")
+    _, _, _, fixed_order = build("transformer", False, agent_order="fixed")
+    with torch.no_grad():
+        orders = random_order(batch())["agents", "agent_order"]
+        fixed = fixed_order(batch())["agents", "agent_order"]
+    assert (orders.sort(-1).values == torch.arange(AGENTS)).all()  # permutations
+    assert len({tuple(o) for o in orders.tolist()}) > 1
+    assert (fixed == torch.arange(AGENTS)).all()
+    with pytest.raises(ValueError, match="agent_order"):
+        build("transformer", False, agent_order="alphabetical")
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_backtrack_makes_guider_equal_learner_on_random_inputs(continuous):
+    core, learner_net, for_loss, for_collection = build("residual", continuous)
+    with torch.no_grad():
+        for p in learner_net.parameters():  # the learner has moved on since the guider's copy
+            p.add_(torch.randn_like(p))
+    base_params = [id(p) for p in core.parameters()]
+    core.reset_to(learner_net)
+    assert [id(p) for p in core.parameters()] == base_params  # in place: optimizers keep working
+    for seed in range(3):
+        data = batch(seed)
+        with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+            for_collection(data)
+            guider_params = for_loss.module[0](data.clone())[PARAMS_KEY]
+            learner_params = learner_net(data.clone())["agents", "logits"]
+        torch.testing.assert_close(guider_params, learner_params, rtol=0, atol=0)
