@@ -42,42 +42,40 @@ class NonFiniteLossError(RuntimeError):
     """A MAGPO loss term came out NaN or infinite; the message names the term."""
 
 
-def _distribution_inputs(dist: D.Distribution, action: Tensor, behavior_log_prob: Tensor, who: str):
-    """Map a policy distribution to the kernels' contract inputs.
-
-    Returns ``("categorical", logits [..., A], action_mask or None, action index [...],
-    behavior_log_prob)`` or ``("normal", loc [..., D], scale [..., D], pre-transform action
-    [..., D], behavior_log_prob of the underlying Normal)``.
-    """
+def _distribution_parameters(dist: D.Distribution, who: str):
+    """``("categorical", logits [..., A], action_mask or None)`` or ``("normal", loc [..., D],
+    scale [..., D])`` of a policy distribution (the underlying Normal of a TanhNormal)."""
     if isinstance(dist, D.Categorical):  # also MaskedCategorical, OneHotCategorical (TorchRL)
-        logits = dist.logits
-        mask = dist.mask if isinstance(dist, MaskedCategorical) else None
-        if action.shape == logits.shape:  # one-hot actions
-            action = action.argmax(-1)
-        return "categorical", logits, mask, action, behavior_log_prob
-
-    base, value, jacobian = dist, action, None
-    if isinstance(dist, D.TransformedDistribution):  # TanhNormal: undo the squashing
-        base = dist.base_dist
-        for transform in reversed(dist.transforms):
-            value = transform.inv(value)
-        # The stored log-prob includes the transforms' Jacobian; the kernels work on the
-        # Normal, so add it back. It does not depend on the policy parameters.
-        jacobian = (base.log_prob(value) - dist.log_prob(action)).detach()
+        return "categorical", dist.logits, dist.mask if isinstance(dist, MaskedCategorical) else None
+    base = dist.base_dist if isinstance(dist, D.TransformedDistribution) else dist
     if isinstance(base, D.Independent) and base.reinterpreted_batch_ndims == 1:
         base = base.base_dist
-    elif isinstance(base, D.Normal) and jacobian is not None:
-        jacobian = jacobian.sum(-1)
     if not isinstance(base, D.Normal):
         raise TypeError(
             f"{who}: unsupported distribution {type(dist).__name__}; MAGPO losses support Categorical, "
             "MaskedCategorical, OneHotCategorical, Normal, IndependentNormal and TanhNormal"
         )
-    if behavior_log_prob.shape == base.loc.shape:  # a plain Normal stores per-dim log-probs
-        behavior_log_prob = behavior_log_prob.sum(-1)
-    if jacobian is not None:
+    return "normal", base.loc, base.scale
+
+
+def _action_in_base_space(dist: D.Distribution, action: Tensor, behavior_log_prob: Tensor):
+    """The stored action and behaviour log-prob where the kernels work: an action index for
+    one-hot actions, and for a TanhNormal the pre-tanh action with the transforms' Jacobian
+    added back to the stored log-prob (it does not depend on the policy parameters, and it is
+    the same for guider and learner, which share the action space's transforms)."""
+    if isinstance(dist, D.Categorical):
+        return (action.argmax(-1) if action.shape == dist.logits.shape else action), behavior_log_prob
+    value = action
+    if isinstance(dist, D.TransformedDistribution):
+        for transform in reversed(dist.transforms):
+            value = transform.inv(value)
+        jacobian = (dist.base_dist.log_prob(value) - dist.log_prob(action)).detach()
+        if isinstance(dist.base_dist, D.Normal):  # per-dim log-probs: sum the action dims
+            jacobian = jacobian.sum(-1)
         behavior_log_prob = behavior_log_prob + jacobian
-    return "normal", base.loc, base.scale, value, behavior_log_prob
+    elif behavior_log_prob.shape == action.shape:  # a plain Normal stores per-dim log-probs
+        behavior_log_prob = behavior_log_prob.sum(-1)
+    return value, behavior_log_prob
 
 
 class _GuidedPPOLoss(PPOLoss):
@@ -219,11 +217,13 @@ class _GuidedPPOLoss(PPOLoss):
             )
         if behavior_log_prob.requires_grad or action.requires_grad:
             raise ValueError(f"{type(self).__name__}: the stored action and behaviour log-prob must not require grad")
-        guider = _distribution_inputs(self._dist("actor", tensordict), action, behavior_log_prob, "guider")
-        learner = _distribution_inputs(self._dist("learner", tensordict), action, behavior_log_prob, "learner")
-        if guider[0] != learner[0]:
-            raise TypeError(f"guider and learner distributions differ in kind: {guider[0]} vs {learner[0]}")
-        rows = guider[1].shape[:-1]
+        guider_dist = self._dist("actor", tensordict)
+        kind, g_first, g_second = _distribution_parameters(guider_dist, "guider")
+        learner_kind, l_first, l_second = _distribution_parameters(self._dist("learner", tensordict), "learner")
+        if kind != learner_kind:
+            raise TypeError(f"guider and learner distributions differ in kind: {kind} vs {learner_kind}")
+        action, behavior = _action_in_base_space(guider_dist, action, behavior_log_prob)
+        rows = action.shape if kind == "categorical" else action.shape[:-1]
         if advantage.dim() == len(rows) + 1 and advantage.shape[-1] == 1:
             advantage = advantage.squeeze(-1)
         try:
@@ -240,19 +240,15 @@ class _GuidedPPOLoss(PPOLoss):
             learner_kl=self.learner_kl,
             backend=self.backend,
         )
-        if guider[0] == "categorical":
-            _, g_logits, g_mask, index, behavior = guider
-            _, l_logits, l_mask, _, _ = learner
-            mask = g_mask if l_mask is None else (l_mask if g_mask is None else g_mask & l_mask)
+        if kind == "categorical":
+            # g_second / l_second are the action masks of MaskedCategorical policies (or None)
+            mask = g_second if l_second is None else (l_second if g_second is None else g_second & l_second)
             if mask is not None:
-                mask = mask.expand(g_logits.shape)
-            return kernels.magpo_loss_categorical(
-                g_logits, l_logits, index, behavior, advantage, action_mask=mask, **options
-            )
-        _, g_loc, g_scale, value, behavior = guider
-        _, l_loc, l_scale, _, _ = learner
+                mask = mask.expand(g_first.shape)
+            return kernels.magpo_loss_categorical(g_first, l_first, action, behavior, advantage, action_mask=mask, **options)
         return kernels.magpo_loss_normal(
-            g_loc, g_scale.expand_as(g_loc), l_loc, l_scale.expand_as(l_loc), value, behavior, advantage, **options
+            g_first, g_second.expand_as(g_first), l_first, l_second.expand_as(l_first), action, behavior, advantage,
+            **options,
         )
 
     def _raise_if_not_finite(self, out: TensorDictBase) -> None:

@@ -1,0 +1,164 @@
+"""MAGPO vs MAPPO on vmas/balance with the CPU preset: learning curves and per-iteration cost.
+
+    python benchmarks/magpo_vs_mappo.py                   # 3 seeds each, ~20-30 min on 2 cores
+    python benchmarks/magpo_vs_mappo.py --seeds 5 --task vmas/navigation
+
+Each (seed, algorithm) is one ``benchmarl run ... experiment=cpu`` in its own process, run one
+at a time, with the algorithms interleaved within each seed so that machine drift hits both
+alike. Writes to ``--out``:
+
+* ``magpo_vs_mappo.png``: evaluation return against frames (mean and 95% CI over seeds) of
+  MAGPO's decentralized learner, MAGPO's guider (centralized execution) and MAPPO;
+* ``magpo_vs_mappo.md``: the final returns and the per-iteration wall-time ratio MAGPO / MAPPO
+  (collection + training, and whole iterations), with machine, versions and date;
+* ``magpo_vs_mappo_curves.csv``: every evaluation point of every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarl_ext.plots import frames_of, read_scalar
+
+# two-sided 95% Student-t quantiles by degrees of freedom
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% confidence interval (Student t) over seeds."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
+
+
+def run(algorithm: str, seed: int, task: str, experiment: str, extra: list[str], runs_dir: Path) -> Path:
+    run_dir = runs_dir / f"{algorithm}_seed{seed}"
+    command = [
+        sys.executable, "-m", "benchmarl_ext.cli", "run", f"algorithm={algorithm}", f"task={task}",
+        f"experiment={experiment}", f"seed={seed}", f"hydra.run.dir={run_dir}", *extra,
+    ]
+    print(" ".join(command[2:]), flush=True)
+    with (runs_dir / f"{algorithm}_seed{seed}.log").open("w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    (folder,) = [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return folder
+
+
+def per_iteration_seconds(folder: Path) -> tuple[float, float]:
+    """Median (collection + training) and median whole-iteration seconds of one run."""
+    collection = read_scalar(folder, "timers_collection_time")
+    training = read_scalar(folder, "timers_training_time")
+    iteration = read_scalar(folder, "timers_iteration_time")
+    work = [collection[i] + training[i] for i in collection]
+    return statistics.median(work), statistics.median(iteration.values())
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per algorithm, >= 2")
+    parser.add_argument("--task", default="vmas/balance")
+    parser.add_argument("--experiment", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+    args = parser.parse_args(argv)
+    if args.seeds < 2:
+        parser.error(f"--seeds must be >= 2 for a confidence interval, got {args.seeds}")
+    runs_dir = args.out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+
+    folders = {"magpo": [], "mappo": []}
+    for seed in range(args.seeds):
+        for algorithm in ("mappo", "magpo") if seed % 2 == 0 else ("magpo", "mappo"):
+            folders[algorithm].append(run(algorithm, seed, args.task, args.experiment, args.overrides, runs_dir))
+
+    curves = {
+        "MAGPO learner": [(f, "eval_reward_episode_reward_mean") for f in folders["magpo"]],
+        "MAGPO guider (centralized)": [(f, "eval_guider_reward_episode_reward_mean") for f in folders["magpo"]],
+        "MAPPO": [(f, "eval_reward_episode_reward_mean") for f in folders["mappo"]],
+    }
+    rows, summary = [], {}
+    for label, runs in curves.items():
+        per_frame: dict[float, list[float]] = {}
+        for seed, (folder, scalar) in enumerate(runs):
+            frames = frames_of(folder)
+            for iteration, value in read_scalar(folder, scalar).items():
+                per_frame.setdefault(frames[iteration], []).append(value)
+                rows.append(dict(curve=label, seed=seed, frames=frames[iteration], eval_return=value))
+        summary[label] = {f: mean_ci(v) for f, v in sorted(per_frame.items()) if len(v) == len(runs)}
+
+    timing = {a: [per_iteration_seconds(f) for f in fs] for a, fs in folders.items()}
+    work_ratio = statistics.fmean(w for w, _ in timing["magpo"]) / statistics.fmean(w for w, _ in timing["mappo"])
+    whole_ratio = statistics.fmean(i for _, i in timing["magpo"]) / statistics.fmean(i for _, i in timing["mappo"])
+
+    with (args.out / "magpo_vs_mappo_curves.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["curve", "seed", "frames", "eval_return"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in summary.items():
+        x = list(points)
+        mean = [points[f][0] for f in x]
+        half = [points[f][1] for f in x]
+        ax.plot(x, mean, marker="o", ms=3, label=label, ls="--" if "guider" in label else "-")
+        ax.fill_between(x, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)], alpha=0.2)
+    ax.set(xlabel="frames", ylabel="evaluation episode return", title=f"{args.task}, experiment={args.experiment}, {args.seeds} seeds (95% CI)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.out / "magpo_vs_mappo.png", dpi=120)
+
+    import benchmarl
+    import torchrl
+    import vmas
+
+    last = {label: points[max(points)] for label, points in summary.items()}
+    final_frames = max(summary["MAPPO"])
+    lines = [
+        f"# MAGPO vs MAPPO on {args.task} (experiment={args.experiment}, {args.seeds} seeds)",
+        "",
+        f"Measured {datetime.date.today().isoformat()} on {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"torchrl {torchrl.__version__}, benchmarl {benchmarl.__version__}, vmas {vmas.__version__}. "
+        f"Command: `python benchmarks/magpo_vs_mappo.py --seeds {args.seeds} --task {args.task} "
+        f"--experiment {args.experiment}{' ' + ' '.join(args.overrides) if args.overrides else ''}`.",
+        "",
+        f"Evaluation return at {final_frames:,.0f} frames (mean +- 95% CI half-width over seeds; deterministic actions):",
+        "",
+        "| policy | return |",
+        "| --- | --- |",
+        *(f"| {label} | {m:.2f} +- {h:.2f} |" for label, (m, h) in last.items()),
+        "",
+        "Per-iteration wall time (median over each run's iterations, mean over seeds):",
+        "",
+        "| | MAPPO | MAGPO | MAGPO / MAPPO |",
+        "| --- | --- | --- | --- |",
+        f"| collection + training | {statistics.fmean(w for w, _ in timing['mappo']):.2f} s | "
+        f"{statistics.fmean(w for w, _ in timing['magpo']):.2f} s | {work_ratio:.2f} |",
+        f"| whole iteration (incl. evaluations; MAGPO also evaluates its guider) | "
+        f"{statistics.fmean(i for _, i in timing['mappo']):.2f} s | {statistics.fmean(i for _, i in timing['magpo']):.2f} s | "
+        f"{whole_ratio:.2f} |",
+        "",
+        "![curves](magpo_vs_mappo.png)",
+        "",
+    ]
+    (args.out / "magpo_vs_mappo.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
