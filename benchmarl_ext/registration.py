@@ -1,14 +1,17 @@
-"""Makes ``magpo`` and ``ctds`` BenchMARL algorithms: fills BenchMARL's registry and Hydra's
-ConfigStore (the ``<name>_config`` schema nodes the YAML in ``conf/algorithm`` extends)."""
+"""Makes ``magpo`` and ``ctds`` BenchMARL algorithms and ``coordsum/*`` BenchMARL tasks: fills
+BenchMARL's registries and Hydra's ConfigStore (the ``<name>_config`` schema nodes that the YAML
+in ``conf/algorithm`` and ``conf/task`` extends)."""
 
 from __future__ import annotations
 
 import functools
 
 from benchmarl.algorithms import algorithm_config_registry
+from benchmarl.environments import task_config_registry
 from hydra.core.config_store import ConfigStore
 
 from benchmarl_ext.algorithm import CtdsConfig, MagpoConfig
+from benchmarl_ext.tasks import TASKS, CoordSumTaskConfig
 
 ALGORITHMS = {"magpo": MagpoConfig, "ctds": CtdsConfig}
 
@@ -20,3 +23,5 @@ def register() -> None:
     for name, config in ALGORITHMS.items():
         algorithm_config_registry[name] = config
         store.store(name=f"{name}_config", group="algorithm", node=config)
+    task_config_registry.update(TASKS)
+    store.store(name="coordsum_config", group="task", node=CoordSumTaskConfig)

@@ -154,3 +154,41 @@ def train(
                 )
             )
     return history
+
+
+def stochastic_teacher_logits(action: torch.Tensor) -> torch.Tensor:
+    """The paper's non-factorizable teacher (Section 3), teacher-forced on joint actions ``[B, 3]``:
+    agent 1 picks 3 or 4 at random, agent 2 picks 3, agent 3 picks 7 minus agent 1's action.
+    Returns logits ``[B, 3, 5]`` (-inf outside each agent's support)."""
+    logits = torch.full((len(action), AGENTS, ACTIONS), -torch.inf)
+    logits[:, 0, 3:5] = 0.0
+    logits[:, 1, 3] = 0.0
+    # 7 - a1 for a1 in {3, 4}; other a1 have probability 0 under the teacher (clamped to stay valid)
+    logits[torch.arange(len(action)), 2, (7 - action[:, 0]).clamp(0, ACTIONS - 1)] = 0.0
+    return logits
+
+
+def distill_stochastic_teacher(iterations: int = 300, seed: int = 0, batch: int = 256, lr: float = 0.1) -> float:
+    """CTDS's distillation step alone: independent students imitate the stochastic teacher by
+    KL(teacher || student) on the teacher's joint actions (the learner side of the loss contract
+    with aux_coef = 0). Returns the students' exact success probability; the best any factorized
+    imitation of this teacher can do is 0.5."""
+    from kernels import magpo_loss_categorical
+
+    generator = torch.Generator().manual_seed(seed)
+    students = nn.Parameter(torch.zeros(AGENTS, ACTIONS))
+    optimizer = torch.optim.Adam([students], lr=lr)
+    for _ in range(iterations):
+        first = 3 + torch.randint(2, (batch,), generator=generator)
+        action = torch.stack([first, torch.full_like(first, 3), 7 - first], dim=-1)
+        teacher = stochastic_teacher_logits(action)
+        behavior = teacher.log_softmax(-1).gather(-1, action[..., None]).squeeze(-1)
+        terms = magpo_loss_categorical(
+            teacher, students.expand(batch, -1, -1), action, behavior, torch.zeros(batch, AGENTS),
+            delta=float("inf"), clip_epsilon=0.2, aux_coef=0.0,
+        )
+        optimizer.zero_grad()
+        terms.loss_learner.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return success_probability(students.expand(len(JOINT), -1, -1))

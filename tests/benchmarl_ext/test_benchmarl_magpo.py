@@ -219,3 +219,25 @@ def test_wandb_is_offline_by_default(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cli.main(["--help"])
     assert os.environ["WANDB_MODE"] == "offline"
+
+
+@pytest.mark.parametrize("algorithm", ["mappo", "magpo_coordsum_3x10"])
+def test_coordsum_tasks_through_the_command(tmp_path, algorithm):
+    run_dir = tmp_path / "run"
+    cli.main([
+        "run", f"algorithm={algorithm}", "task=coordsum/3x10", "task.time_limit=10", "experiment=coordsum",
+        "experiment.max_n_frames=160", "experiment.on_policy_collected_frames_per_batch=80",
+        "experiment.on_policy_n_envs_per_worker=8", "experiment.on_policy_minibatch_size=40",
+        "experiment.on_policy_n_minibatch_iters=2", "experiment.evaluation_interval=80", "experiment.evaluation_episodes=2",
+        "model.num_cells=[16,16]", "critic_model.num_cells=[16,16]", f"hydra.run.dir={run_dir}",
+    ])
+    (folder,) = [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    returns = read_scalar(folder, "eval_reward_episode_reward_mean")
+    assert len(returns) == 2 and all(0 <= v <= 2 * 10 for v in returns.values())  # rewards are 0/1/2 per step
+
+
+def test_coordsum_task_config_errors_name_the_field():
+    with initialize_config_module(config_module="benchmarl_ext.conf", version_base=None):
+        cfg = compose(config_name="config", overrides=["algorithm=mappo", "task=coordsum/3x10", "task.memory=global"])
+    with pytest.raises(ValueError, match=r"task\.memory"):
+        cli.build_experiment(cfg, "coordsum/3x10")

@@ -23,6 +23,13 @@ def test_ctds_learner_lags_its_guider():
     assert learner_success <= guider_success - 0.2
 
 
+def test_distilling_the_papers_stochastic_teacher_succeeds_about_half_the_time():
+    # the teacher always succeeds, yet its independent students can only match its marginals
+    teacher_success = didactic.success_probability(didactic.stochastic_teacher_logits(didactic.JOINT))
+    assert teacher_success == pytest.approx(1.0)
+    assert didactic.distill_stochastic_teacher(iterations=300, seed=0) == pytest.approx(0.5, abs=0.05)
+
+
 def test_success_probability_is_exact():
     uniform = torch.zeros(len(didactic.JOINT), didactic.AGENTS, didactic.ACTIONS)
     assert didactic.success_probability(uniform) == pytest.approx(6 / 125)  # permutations of 4+4+2 and 4+3+3
