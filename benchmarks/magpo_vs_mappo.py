@@ -22,36 +22,11 @@ import datetime
 import os
 import platform
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
+from runs_common import benchmarl_run, mean_ci
+
 from benchmarl_ext.plots import frames_of, read_scalar
-
-# two-sided 95% Student-t quantiles by degrees of freedom
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% confidence interval (Student t) over seeds."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, float("nan")
-    return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
-
-
-def run(algorithm: str, seed: int, task: str, experiment: str, extra: list[str], runs_dir: Path) -> Path:
-    run_dir = runs_dir / f"{algorithm}_seed{seed}"
-    command = [
-        sys.executable, "-m", "benchmarl_ext.cli", "run", f"algorithm={algorithm}", f"task={task}",
-        f"experiment={experiment}", f"seed={seed}", f"hydra.run.dir={run_dir}", *extra,
-    ]
-    print(" ".join(command[2:]), flush=True)
-    with (runs_dir / f"{algorithm}_seed{seed}.log").open("w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
-    (folder,) = [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    return folder
-
 
 def per_iteration_seconds(folder: Path) -> tuple[float, float]:
     """Median (collection + training) and median whole-iteration seconds of one run."""
@@ -78,7 +53,8 @@ def main(argv=None) -> None:
     folders = {"magpo": [], "mappo": []}
     for seed in range(args.seeds):
         for algorithm in ("mappo", "magpo") if seed % 2 == 0 else ("magpo", "mappo"):
-            folders[algorithm].append(run(algorithm, seed, args.task, args.experiment, args.overrides, runs_dir))
+            overrides = [f"algorithm={algorithm}", f"task={args.task}", f"experiment={args.experiment}", f"seed={seed}"]
+            folders[algorithm].append(benchmarl_run(f"{algorithm}_seed{seed}", overrides + args.overrides, runs_dir))
 
     curves = {
         "MAGPO learner": [(f, "eval_reward_episode_reward_mean") for f in folders["magpo"]],

@@ -61,11 +61,7 @@ class _ActionEmbedding(nn.Module):
         self.start = nn.Parameter(torch.zeros(dim))
 
     def forward(self, action: torch.Tensor) -> torch.Tensor:
-        if self.discrete:
-            if action.shape[-1:] == (self.embed.num_embeddings,) and action.dtype == torch.bool:  # one-hot
-                action = action.long().argmax(-1)
-            return self.embed(action.long())
-        return self.embed(action.float())
+        return self.embed(action.long()) if self.discrete else self.embed(action.float())
 
 
 class _GuiderCore(nn.Module):

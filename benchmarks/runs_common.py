@@ -1,0 +1,33 @@
+"""What the benchmark scripts share: running one `benchmarl run` in its own process, and
+confidence intervals over seeds."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+# two-sided 95% Student-t quantiles by degrees of freedom
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% confidence interval (Student t) over seeds."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
+
+
+def benchmarl_run(name: str, overrides: list[str], runs_dir: Path) -> Path:
+    """``benchmarl run OVERRIDES`` in a fresh process, logged to ``runs_dir/<name>.log``;
+    returns the experiment folder."""
+    run_dir = runs_dir / name
+    command = [sys.executable, "-m", "benchmarl_ext.cli", "run", *overrides, f"hydra.run.dir={run_dir}"]
+    print(f"{name}: benchmarl run {' '.join(overrides)}", flush=True)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    with (runs_dir / f"{name}.log").open("w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    (folder,) = [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return folder
