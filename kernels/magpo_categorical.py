@@ -71,6 +71,21 @@ def _online_softmax_step(z, old_max, old_rest, col):
 
 
 @triton.jit
+def _load_logits(g_ptr, l_ptr, mask_ptr, rows, cols, ok, g_row_stride, g_col_stride, l_row_stride, l_col_stride,
+                 mask_row_stride, mask_col_stride, HAS_MASK: tl.constexpr):
+    """One ``[BLOCK_R, BLOCK_A]`` tile of guider and learner logits in fp32; lanes outside the
+    tensor or forbidden by the action mask load as -inf (outside both supports)."""
+    neg_inf = float("-inf")
+    z_g = tl.load(g_ptr + rows[:, None] * g_row_stride + cols[None, :] * g_col_stride, mask=ok, other=neg_inf).to(tl.float32)
+    z_l = tl.load(l_ptr + rows[:, None] * l_row_stride + cols[None, :] * l_col_stride, mask=ok, other=neg_inf).to(tl.float32)
+    if HAS_MASK:
+        allowed = tl.load(mask_ptr + rows[:, None] * mask_row_stride + cols[None, :] * mask_col_stride, mask=ok, other=0) != 0
+        z_g = tl.where(allowed, z_g, neg_inf)
+        z_l = tl.where(allowed, z_l, neg_inf)
+    return z_g, z_l
+
+
+@triton.jit
 def _onehot_minus(taken, p, log_p):
     """e_a - p. On the taken lane 1 - p is formed as -expm1(log p): when p is within a few ulps
     of 1, 1 - exp(log p) keeps no correct digit while the ratio multiplying it can be ~1e8."""
@@ -108,12 +123,8 @@ def _categorical_kernel(
     for start in range(0, num_actions, BLOCK_A):
         cols = start + col
         ok = row_ok[:, None] & (cols[None, :] < num_actions)
-        z_g = tl.load(g_ptr + rows[:, None] * g_row_stride + cols[None, :] * g_col_stride, mask=ok, other=neg_inf).to(tl.float32)
-        z_l = tl.load(l_ptr + rows[:, None] * l_row_stride + cols[None, :] * l_col_stride, mask=ok, other=neg_inf).to(tl.float32)
-        if HAS_MASK:
-            allowed = tl.load(mask_ptr + rows[:, None] * mask_row_stride + cols[None, :] * mask_col_stride, mask=ok, other=0) != 0
-            z_g = tl.where(allowed, z_g, neg_inf)
-            z_l = tl.where(allowed, z_l, neg_inf)
+        z_g, z_l = _load_logits(g_ptr, l_ptr, mask_ptr, rows, cols, ok, g_row_stride, g_col_stride, l_row_stride,
+                                l_col_stride, mask_row_stride, mask_col_stride, HAS_MASK)
         g_old, g_rest_old = g_max, g_rest
         g_max, g_rest, g_scale, e_g = _online_softmax_step(z_g, g_max, g_rest, col)
         l_max, l_rest, l_scale, e_l = _online_softmax_step(z_l, l_max, l_rest, col)
@@ -162,14 +173,10 @@ def _categorical_kernel(
     if GUIDER_GRAD or LEARNER_GRAD:
         mask_on = tl.where(out_of_band, 1.0, 0.0)
         for start in range(0, num_actions, BLOCK_A):
-            cols = start + tl.arange(0, BLOCK_A)
+            cols = start + col
             ok = row_ok[:, None] & (cols[None, :] < num_actions)
-            z_g = tl.load(g_ptr + rows[:, None] * g_row_stride + cols[None, :] * g_col_stride, mask=ok, other=neg_inf).to(tl.float32)
-            z_l = tl.load(l_ptr + rows[:, None] * l_row_stride + cols[None, :] * l_col_stride, mask=ok, other=neg_inf).to(tl.float32)
-            if HAS_MASK:
-                allowed = tl.load(mask_ptr + rows[:, None] * mask_row_stride + cols[None, :] * mask_col_stride, mask=ok, other=0) != 0
-                z_g = tl.where(allowed, z_g, neg_inf)
-                z_l = tl.where(allowed, z_l, neg_inf)
+            z_g, z_l = _load_logits(g_ptr, l_ptr, mask_ptr, rows, cols, ok, g_row_stride, g_col_stride, l_row_stride,
+                                    l_col_stride, mask_row_stride, mask_col_stride, HAS_MASK)
             in_g = z_g > neg_inf
             in_l = z_l > neg_inf
             log_p = tl.where(in_g, (z_g - tl.where(in_g, g_max[:, None], 0.0)) - g_log_sum[:, None], 0.0)
