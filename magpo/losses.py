@@ -27,7 +27,6 @@ from collections.abc import Sequence
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule
-from tensordict.utils import NestedKey
 from torch import Tensor, distributions as D
 from torchrl.modules import MaskedCategorical
 from torchrl.objectives import PPOLoss

@@ -71,8 +71,6 @@ def make_setup(family="categorical", loss_class=MAGPOLoss, seed=0, with_advantag
         batch["agents", "value_target"] = torch.randn(BATCH, AGENTS, 1)
     if loss_class is LearnerKLPPOLoss:
         loss = loss_class(learner, guider, **loss_kwargs)
-    elif loss_class is GuiderClipLoss:
-        loss = loss_class(guider, learner, critic, **loss_kwargs)
     else:
         loss = loss_class(guider, learner, critic, **loss_kwargs)
     loss.set_keys(**KEYS)
