@@ -24,7 +24,9 @@ def benchmarl_run(name: str, overrides: list[str], runs_dir: Path) -> Path:
     """``benchmarl run OVERRIDES`` in a fresh process, logged to ``runs_dir/<name>.log``;
     returns the experiment folder."""
     run_dir = runs_dir / name
-    command = [sys.executable, "-m", "benchmarl_ext.cli", "run", *overrides, f"hydra.run.dir={run_dir}"]
+    # the console script, not `python -m`: -m would put the working directory first on sys.path,
+    # and from a checkout that shadows an installed (non-editable) package, whose conf/ lives elsewhere
+    command = [str(Path(sys.executable).with_name("benchmarl")), "run", *overrides, f"hydra.run.dir={run_dir}"]
     print(f"{name}: benchmarl run {' '.join(overrides)}", flush=True)
     runs_dir.mkdir(parents=True, exist_ok=True)
     with (runs_dir / f"{name}.log").open("w") as log:
