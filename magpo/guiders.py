@@ -83,14 +83,16 @@ class _GuiderCore(nn.Module):
         """Distribution parameters ``[*B, n_agents, P]`` of every agent given the actions of the
         agents before it in ``order`` (teacher forcing). ``action`` entries of agents that act at
         or after an agent's own step never influence that agent's output."""
-        return self.decode(self.context(tensordict, order.shape[:-1]), action, order)
+        return self.decode(self.context(tensordict, order), action)
 
-    def context(self, tensordict: TensorDictBase, batch_shape: torch.Size):
-        """Everything that depends on the observations only (computed once per env step)."""
+    def context(self, tensordict: TensorDictBase, order: torch.Tensor):
+        """Everything that does not depend on the actions: the observations and the execution
+        order ``[*B, n_agents]`` (computed once per env step when sampling)."""
         raise NotImplementedError
 
-    def decode(self, context, action: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        """The parameters from a :meth:`context` and the (previous) actions in ``order``."""
+    def decode(self, context, action: torch.Tensor) -> torch.Tensor:
+        """The parameters ``[*B, n_agents, P]`` from a :meth:`context` and the actions
+        ``[*B, n_agents, ...]`` (each agent sees only those of the agents before it)."""
         raise NotImplementedError
 
 
@@ -138,22 +140,23 @@ class TransformerGuider(_GuiderCore):
         self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, param_dim))
         self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(n_agents), persistent=False)
 
-    def context(self, tensordict, batch_shape):
-        n = self.n_agents
+    def context(self, tensordict, order):
+        batch_shape, n = order.shape[:-1], self.n_agents
         obs = _flat_observations(tensordict, self.observation_keys, len(batch_shape) + 1)
         obs = obs.reshape(-1, n, obs.shape[-1])
         memory = self.observation_embed(obs) + self.agent_embed
         if self.state_embed is not None:
             state = tensordict.get(self.state_key).flatten(len(batch_shape)).float().reshape(len(memory), -1)
             memory = torch.cat([self.state_embed(state)[:, None], memory], dim=1)
-        return self.encoder(memory)
-
-    def decode(self, memory, action, order):
-        batch_shape = order.shape[:-1]
-        n = self.n_agents
-        agents = memory[:, -n:]
+        memory = self.encoder(memory)
         flat_order = order.reshape(-1, n)
-        step_agents = agents.gather(1, flat_order[..., None].expand(-1, -1, agents.shape[-1]))
+        agents = memory[:, -n:]
+        step_agents = agents.gather(1, flat_order[..., None].expand(-1, -1, agents.shape[-1]))  # [B, n, E], in order
+        return memory, step_agents, flat_order, positions_of(flat_order), batch_shape
+
+    def decode(self, context, action):
+        memory, step_agents, flat_order, positions, batch_shape = context
+        n = self.n_agents
         action_rows = action.reshape(len(flat_order), n, *action.shape[len(batch_shape) + 1 :])
         taken = self.action_embed(action_rows)  # [B, n, E], agent-indexed
         taken_in_order = taken.gather(1, flat_order[..., None].expand(-1, -1, taken.shape[-1]))
@@ -161,7 +164,6 @@ class TransformerGuider(_GuiderCore):
         previous = torch.cat([self.action_embed.start.expand(len(taken), 1, -1), taken_in_order[:, :-1]], dim=1)
         decoded = self.decoder(previous + step_agents, memory, tgt_mask=self.causal_mask, tgt_is_causal=True)
         out_in_order = self.head(decoded)
-        positions = positions_of(flat_order)
         out = out_in_order.gather(1, positions[..., None].expand(-1, -1, out_in_order.shape[-1]))
         return out.reshape(*batch_shape, n, -1)
 
@@ -218,7 +220,8 @@ class ResidualGuider(_GuiderCore):
             tensor.copy_(source[name])
         self._zero_correction()
 
-    def context(self, tensordict, batch_shape):
+    def context(self, tensordict, order):
+        batch_shape = order.shape[:-1]
         lead = len(batch_shape)
         base = self.base(tensordict.select(*self.base.in_keys, strict=False).clone(False)).get(self.base_out_key)
         obs = _flat_observations(tensordict, self.observation_keys, lead + 1)  # [*B, n, F]
@@ -227,15 +230,15 @@ class ResidualGuider(_GuiderCore):
         if self.state_key is not None:
             state = tensordict.get(self.state_key).flatten(lead).float()
             parts.append(state.unsqueeze(-2).expand(*batch_shape, self.n_agents, -1))
-        return base, torch.cat(parts, dim=-1)
-
-    def decode(self, context, action, order):
-        base, observed = context
         positions = positions_of(order)  # [*B, n]
-        before = positions.unsqueeze(-1) > positions.unsqueeze(-2)  # [*B, i, j]: j acted before i
-        taken = self.action_embed(action)  # [*B, n, H]
-        previous = (before.float() @ taken) / before.sum(-1, keepdim=True).clamp(min=1)
+        before = (positions.unsqueeze(-1) > positions.unsqueeze(-2)).float()  # [*B, i, j]: j acted before i
+        mean_before = before / before.sum(-1, keepdim=True).clamp(min=1)  # averages the earlier actions
         step = nn.functional.one_hot(positions, self.n_agents).float()
+        return base, torch.cat(parts, dim=-1), mean_before, step
+
+    def decode(self, context, action):
+        base, observed, mean_before, step = context
+        previous = mean_before @ self.action_embed(action)  # [*B, n, H]
         return base + self.correction(torch.cat([observed, previous, step], dim=-1))
 
 
@@ -307,12 +310,12 @@ class SequentialGuiderSampler(TensorDictModuleBase):
         order = self._order(batch_shape, device)
         action = torch.zeros(*batch_shape, *self.action_shape, dtype=self.action_dtype, device=device)
         log_prob = torch.zeros(*batch_shape, self.n_agents, device=device)
-        work = tensordict.clone(False)
         core = self.teacher_forced.core
-        context = core.context(work, batch_shape)  # the observation part, once per env step
+        context = core.context(tensordict, order)  # observations and order: once per env step
+        head_inputs = tensordict.select(*self.head.in_keys, strict=False)  # e.g. an action mask
         for step in range(self.n_agents):
-            work.set(self.teacher_forced.out_key, core.decode(context, action, order))
-            acted = self.head(work.clone(False))
+            params = core.decode(context, action)
+            acted = self.head(head_inputs.clone(False).set(self.teacher_forced.out_key, params))
             acting = nn.functional.one_hot(order[..., step], self.n_agents).bool()  # [*B, n]
             log_prob = torch.where(acting, acted.get(self.log_prob_key), log_prob)
             while acting.dim() < action.dim():
@@ -321,7 +324,7 @@ class SequentialGuiderSampler(TensorDictModuleBase):
         tensordict.set(self.action_key, action)
         tensordict.set(self.log_prob_key, log_prob)
         tensordict.set(self.order_key, order)
-        tensordict.set(self.teacher_forced.out_key, work.get(self.teacher_forced.out_key))  # last step's
+        tensordict.set(self.teacher_forced.out_key, params)  # the last step's: every agent's own, by causality
         return tensordict
 
 

@@ -125,8 +125,9 @@ def test_evaluation_uses_the_learner_on_own_observations_only(tmp_path):
 
 def test_backtrack_resets_the_guider_after_each_training_iteration(tmp_path):
     experiment = make_experiment(
-        tmp_path, ["algorithm=magpo", "algorithm.guider=residual", "algorithm.backtrack=true", "algorithm.guider_embed_dim=8",
-                   "experiment.evaluation=false", "experiment.checkpoint_at_end=false"]
+        # the magpo_residual preset: guider=residual, backtrack=true
+        tmp_path, ["algorithm=magpo_residual", "algorithm.guider_embed_dim=8", "experiment.evaluation=false",
+                   "experiment.checkpoint_at_end=false"]
     )
     experiment.run()  # two iterations; the last one ends with a backtrack
     algorithm = experiment.algorithm
