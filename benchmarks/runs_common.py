@@ -3,6 +3,8 @@ confidence intervals over seeds."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -20,16 +22,28 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
 
 
-def benchmarl_run(name: str, overrides: list[str], runs_dir: Path) -> Path:
+def benchmarl_run(name: str, overrides: list[str], runs_dir: Path, threads: int | None = None, reuse: bool = False) -> Path:
     """``benchmarl run OVERRIDES`` in a fresh process, logged to ``runs_dir/<name>.log``;
-    returns the experiment folder."""
+    returns the experiment folder. ``threads`` caps the run's torch threads; with ``reuse`` a run
+    that already finished there (it saved its learning curve) is not run again, and an
+    unfinished one is started afresh."""
     run_dir = runs_dir / name
+
+    def experiment_folders() -> list[Path]:
+        return [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")] if run_dir.exists() else []
+
+    finished = [p for p in experiment_folders() if (p / "learning_curve.png").exists()]
+    if reuse and len(finished) == 1:
+        print(f"{name}: reusing {finished[0]}", flush=True)
+        return finished[0]
+    shutil.rmtree(run_dir, ignore_errors=True)
     # the console script, not `python -m`: -m would put the working directory first on sys.path,
     # and from a checkout that shadows an installed (non-editable) package, whose conf/ lives elsewhere
     command = [str(Path(sys.executable).with_name("benchmarl")), "run", *overrides, f"hydra.run.dir={run_dir}"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)) if threads else None
     print(f"{name}: benchmarl run {' '.join(overrides)}", flush=True)
     runs_dir.mkdir(parents=True, exist_ok=True)
     with (runs_dir / f"{name}.log").open("w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
-    (folder,) = [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+    (folder,) = experiment_folders()
     return folder
