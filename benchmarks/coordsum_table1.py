@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from runs_common import benchmarl_run, mean_ci
 
 from benchmarl_ext.plots import frames_of, read_scalar
+from magpo.envs.coordsum import GROUP, TASKS, CoordSumEnv
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # the paper's Table 1 (20M steps), learner evaluation return
@@ -61,6 +62,14 @@ def budget_overrides(frames: int) -> list[str]:
     iterations = max(1, frames // batch)
     every = max(1, iterations // EVALUATIONS)
     return [f"experiment.max_n_frames={iterations * batch}", f"experiment.evaluation_interval={every * batch}"]
+
+
+def random_policy_return(task: str, episodes: int = 1024) -> float:
+    """Mean episode return of uniformly random actions (the level every method starts from)."""
+    n_agents, num_actions, maxval = TASKS[task]
+    env = CoordSumEnv(n_agents, num_actions, maxval, batch_size=(episodes,), seed=0)
+    rollout = env.rollout(env.time_limit, break_when_any_done=False)  # random actions
+    return rollout.get(("next", GROUP, "reward"))[..., 0, 0].sum(-1).mean().item()
 
 
 def final_return(folder: Path) -> float:
@@ -155,6 +164,7 @@ def main(argv=None) -> None:
             stats = [mean_ci(per_frame[f]) for f in x]
             ax.plot(x, [m for m, _ in stats], marker="o", ms=3, label=algorithm.upper())
             ax.fill_between(x, [m - h for m, h in stats], [m + h for m, h in stats], alpha=0.2)
+        ax.axhline(random_policy_return(task), color="gray", ls=":", label="uniformly random actions")
         ax.set(xlabel="frames", ylabel="evaluation return (decentralized policy)", title=f"CoordSum-{task}, {args.seeds} seeds, 95% CI")
         ax.legend()
         fig.tight_layout()
@@ -186,7 +196,10 @@ def main(argv=None) -> None:
         "",
         "| task | method | ours | paper (20M steps) |",
         "| --- | --- | --- | --- |",
-        *(f"| {task} | {m.upper()} | {cell('main', task, m)} | {PAPER.get(task, {}).get(m, '-')} |" for task in tasks for m in ALGORITHMS),
+        *(line for task in tasks for line in (
+            *(f"| {task} | {m.upper()} | {cell('main', task, m)} | {PAPER.get(task, {}).get(m, '-')} |" for m in ALGORITHMS),
+            f"| {task} | uniformly random actions | {random_policy_return(task):.2f} | - |",
+        )),
         "",
     ]
     if args.ablation_frames:
