@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from omegaconf import OmegaConf
-from runs_common import benchmarl_run, mean_ci
+from runs_common import benchmarl_run, finished_run, mean_ci
 
 from benchmarl_ext.plots import frames_of, read_scalar
 from magpo.envs.coordsum import GROUP, TASKS, CoordSumEnv
@@ -84,6 +84,8 @@ def main(argv=None) -> None:
     parser.add_argument("--tasks", default="3x10,5x20")
     parser.add_argument("--ablation-frames", type=int, default=96_000, help="frames per ablation run; 0 skips them")
     parser.add_argument("--ablation-seeds", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write the table and plots from the runs already finished in --out")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores / jobs torch threads)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/coordsum"))
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (devices, ...)")
@@ -124,9 +126,14 @@ def main(argv=None) -> None:
                 name = f"ablation_{label.replace(' ', '').replace(',', '_').replace('=', '')}_seed{seed}"
                 runs.append(("ablation", "5x20", label, seed, name, overrides))
 
-    def execute(run) -> dict:
+    def execute(run) -> dict | None:
         group, task, method, seed, name, overrides = run
-        folder = benchmarl_run(name, overrides, runs_dir, threads=threads, reuse=True)
+        if args.report_only:
+            folder = finished_run(runs_dir / name)
+            if folder is None:
+                return None
+        else:
+            folder = benchmarl_run(name, overrides, runs_dir, threads=threads, reuse=True)
         return {"group": group, "task": task, "method": method, "seed": seed, "final_return": final_return(folder),
                 "run_s": round(read_scalar(folder, "timers_total_time")[max(frames_of(folder))], 1), "folder": str(folder)}
 
@@ -135,7 +142,7 @@ def main(argv=None) -> None:
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(execute, runs))
+        rows = [row for row in pool.map(execute, runs) if row is not None]
     elapsed = time.perf_counter() - start
     curves = {}
     for row in rows:
@@ -156,11 +163,11 @@ def main(argv=None) -> None:
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for algorithm in ALGORITHMS:
             per_frame = {}
-            for folder in curves[(task, algorithm)]:
+            for folder in curves.get((task, algorithm), []):
                 frames = frames_of(folder)
                 for iteration, value in read_scalar(folder, "eval_reward_episode_reward_mean").items():
                     per_frame.setdefault(frames[iteration], []).append(value)
-            x = sorted(f for f, v in per_frame.items() if len(v) == args.seeds)
+            x = sorted(f for f, v in per_frame.items() if len(v) == len(curves.get((task, algorithm), [])))
             stats = [mean_ci(per_frame[f]) for f in x]
             ax.plot(x, [m for m, _ in stats], marker="o", ms=3, label=algorithm.upper())
             ax.fill_between(x, [m - h for m, h in stats], [m + h for m, h in stats], alpha=0.2)
@@ -171,10 +178,14 @@ def main(argv=None) -> None:
         fig.savefig(args.out / f"coordsum_{task}.png", dpi=120)
         plt.close(fig)
 
+    seeds = {"main": args.seeds, "ablation": args.ablation_seeds}
+
     def cell(group, task, method):
         values = [r["final_return"] for r in rows if (r["group"], r["task"], r["method"]) == (group, task, method)]
+        if not values:
+            return "not run"
         mean, half = mean_ci(values)
-        return f"{mean:.2f} +- {half:.2f}"
+        return f"{mean:.2f} +- {half:.2f}" + (f" ({len(values)} seeds)" if len(values) != seeds[group] else "")
 
     import benchmarl
     import torch

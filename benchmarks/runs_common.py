@@ -28,14 +28,10 @@ def benchmarl_run(name: str, overrides: list[str], runs_dir: Path, threads: int 
     that already finished there (it saved its learning curve) is not run again, and an
     unfinished one is started afresh."""
     run_dir = runs_dir / name
-
-    def experiment_folders() -> list[Path]:
-        return [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")] if run_dir.exists() else []
-
-    finished = [p for p in experiment_folders() if (p / "learning_curve.png").exists()]
-    if reuse and len(finished) == 1:
-        print(f"{name}: reusing {finished[0]}", flush=True)
-        return finished[0]
+    finished = finished_run(run_dir)
+    if reuse and finished is not None:
+        print(f"{name}: reusing {finished}", flush=True)
+        return finished
     shutil.rmtree(run_dir, ignore_errors=True)
     # the console script, not `python -m`: -m would put the working directory first on sys.path,
     # and from a checkout that shadows an installed (non-editable) package, whose conf/ lives elsewhere
@@ -45,5 +41,16 @@ def benchmarl_run(name: str, overrides: list[str], runs_dir: Path, threads: int 
     runs_dir.mkdir(parents=True, exist_ok=True)
     with (runs_dir / f"{name}.log").open("w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
-    (folder,) = experiment_folders()
+    (folder,) = _experiment_folders(run_dir)
     return folder
+
+
+def _experiment_folders(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")] if run_dir.exists() else []
+
+
+def finished_run(run_dir: Path) -> Path | None:
+    """The experiment folder of a run that finished in ``run_dir`` (it saved its learning
+    curve), else None."""
+    finished = [p for p in _experiment_folders(run_dir) if (p / "learning_curve.png").exists()]
+    return finished[0] if len(finished) == 1 else None
