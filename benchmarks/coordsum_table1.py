@@ -143,6 +143,8 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = [row for row in pool.map(execute, runs) if row is not None]
+    if not rows:
+        raise SystemExit(f"no finished runs in {runs_dir}")
     elapsed = time.perf_counter() - start
     curves = {}
     for row in rows:
