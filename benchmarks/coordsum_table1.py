@@ -27,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 from runs_common import benchmarl_run, finished_run, mean_ci
 
@@ -68,7 +69,8 @@ def random_policy_return(task: str, episodes: int = 1024) -> float:
     """Mean episode return of uniformly random actions (the level every method starts from)."""
     n_agents, num_actions, maxval = TASKS[task]
     env = CoordSumEnv(n_agents, num_actions, maxval, batch_size=(episodes,), seed=0)
-    rollout = env.rollout(env.time_limit, break_when_any_done=False)  # random actions
+    torch.manual_seed(0)  # the random actions come from the action spec, i.e. torch's global generator
+    rollout = env.rollout(env.time_limit, break_when_any_done=False)
     return rollout.get(("next", GROUP, "reward"))[..., 0, 0].sum(-1).mean().item()
 
 
@@ -190,10 +192,9 @@ def main(argv=None) -> None:
         return f"{mean:.2f} +- {half:.2f}" + (f" ({len(values)} seeds)" if len(values) != seeds[group] else "")
 
     import benchmarl
-    import torch
     import torchrl
 
-    command = " ".join(["python benchmarks/coordsum_table1.py", f"--frames {args.frames}", f"--seeds {args.seeds}",
+    command = " ".join(["python benchmarks/coordsum_table1.py", f"--jobs {args.jobs}", f"--frames {args.frames}", f"--seeds {args.seeds}",
                         f"--tasks {args.tasks}", f"--ablation-frames {args.ablation_frames}",
                         f"--ablation-seeds {args.ablation_seeds}", *args.overrides])
     lines = [
@@ -201,8 +202,10 @@ def main(argv=None) -> None:
         "",
         f"Measured {datetime.date.today().isoformat()} on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, torchrl {torchrl.__version__}, benchmarl {benchmarl.__version__}. Command: `{command}`. "
-        f"{len(rows)} runs, {args.jobs} at a time; their training loops took {sum(r['run_s'] for r in rows) / 60:.0f} min "
-        f"in all, and this invocation {elapsed / 60:.0f} min (runs already complete in `--out` are reused).",
+        f"{len(rows)} runs; their training loops took {sum(r['run_s'] for r in rows) / 60:.0f} min in all"
+        + (" (this table was written from the finished runs with --report-only)." if args.report_only else
+           f", and this invocation ({args.jobs} runs at a time, reusing runs already finished in `--out`) "
+           f"{elapsed / 60:.0f} min."),
         "",
         f"Evaluation return of the decentralized policy after {args.frames:,} frames per run (mean +- 95% CI over "
         f"{args.seeds} seeds; the maximum is 200). The paper's numbers are after 20M steps.",
