@@ -28,8 +28,7 @@ def benchmarl_run(name: str, overrides: list[str], runs_dir: Path, threads: int 
     that already finished there (it saved its learning curve) is not run again, and an
     unfinished one is started afresh."""
     run_dir = runs_dir / name
-    finished = finished_run(run_dir)
-    if reuse and finished is not None:
+    if reuse and (finished := finished_run(run_dir)) is not None:
         print(f"{name}: reusing {finished}", flush=True)
         return finished
     shutil.rmtree(run_dir, ignore_errors=True)
