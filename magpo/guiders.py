@@ -95,6 +95,12 @@ class _GuiderCore(nn.Module):
         ``[*B, n_agents, ...]`` (each agent sees only those of the agents before it)."""
         raise NotImplementedError
 
+    def depends_on_previous_actions(self) -> bool:
+        """Whether the parameters can currently depend on the other agents' actions. When they
+        cannot, the agents are independent given the observations, and drawing all of them at
+        once samples exactly the same joint distribution as drawing them one after the other."""
+        return True
+
 
 class TransformerGuider(_GuiderCore):
     """Encoder over agents (+ state token), causal decoder over previous actions in order.
@@ -220,6 +226,13 @@ class ResidualGuider(_GuiderCore):
             tensor.copy_(source[name])
         self._zero_correction()
 
+    def depends_on_previous_actions(self) -> bool:
+        # A zero last layer makes the correction exactly zero whatever its inputs: the guider is
+        # then its base, the learner's decentralized network. That is the guider's state right
+        # after a backtrack, so with backtrack=true every collection takes this shortcut.
+        last = self.correction[-1]
+        return bool(last.weight.any() or last.bias.any())
+
     def context(self, tensordict, order):
         batch_shape = order.shape[:-1]
         lead = len(batch_shape)
@@ -264,8 +277,11 @@ class SequentialGuiderSampler(TensorDictModuleBase):
     Step k runs the teacher-forced pass on the actions chosen so far (entries of agents yet to
     act are placeholders that the causal structure ignores), lets the distribution head act
     under the current exploration type (sample, or mode when deterministic) and keeps the action
-    and log-prob of the agent acting k-th. Writes the joint action, the per-agent log-probs,
-    the parameters and the order.
+    and log-prob of the agent acting k-th. When the core reports that its parameters do not
+    depend on the previous actions (a residual guider right after a backtrack), a single step
+    serves every agent: the same joint distribution, one pass instead of n_agents. Writes the
+    joint action, the per-agent log-probs, the parameters and the order (drawn either way, so
+    that training recomputes log-probs under it).
     """
 
     def __init__(
@@ -313,10 +329,13 @@ class SequentialGuiderSampler(TensorDictModuleBase):
         core = self.teacher_forced.core
         context = core.context(tensordict, order)  # observations and order: once per env step
         head_inputs = tensordict.select(*self.head.in_keys, strict=False)  # e.g. an action mask
-        for step in range(self.n_agents):
+        if core.depends_on_previous_actions():
+            steps = nn.functional.one_hot(order, self.n_agents).bool().movedim(-2, 0)  # [n, *B, n]: who acts at k
+        else:
+            steps = torch.ones(1, *batch_shape, self.n_agents, dtype=torch.bool, device=device)  # all at once
+        for acting in steps:
             params = core.decode(context, action)
             acted = self.head(head_inputs.clone(False).set(self.teacher_forced.out_key, params))
-            acting = nn.functional.one_hot(order[..., step], self.n_agents).bool()  # [*B, n]
             log_prob = torch.where(acting, acted.get(self.log_prob_key), log_prob)
             while acting.dim() < action.dim():
                 acting = acting.unsqueeze(-1)

@@ -125,3 +125,27 @@ def test_backtrack_makes_guider_equal_learner_on_random_inputs(continuous):
             guider_params = for_loss.module[0](data.clone())[PARAMS_KEY]
             learner_params = learner_net(data.clone())["agents", "logits"]
         torch.testing.assert_close(guider_params, learner_params, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_guider_equal_to_its_learner_samples_every_agent_in_one_pass(continuous):
+    core, learner_net, for_loss, for_collection = build("residual", continuous)
+    passes = []
+    for_collection.head.register_forward_hook(lambda *args: passes.append(1))
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        for_collection(batch())
+        assert len(passes) == AGENTS  # a non-zero correction: agent after agent
+        core.reset_to(learner_net)
+        passes.clear()
+        data = for_collection(batch())
+        assert len(passes) == 1
+        # exact, not an approximation: no agent's parameters move with the others' actions ...
+        changed = data.clone()
+        action = changed["agents", "action"]
+        changed["agents", "action"] = -action if continuous else (action + 1) % ACTIONS
+        params = lambda td: for_loss.module[0](td.clone())[PARAMS_KEY]  # noqa: E731
+        torch.testing.assert_close(params(changed), params(data), rtol=0, atol=0)
+        # ... and the stored log-probs are the teacher-forced ones under the stored order
+        teacher_forced = for_loss.get_dist(data.clone()).log_prob(data["agents", "action"])
+    torch.testing.assert_close(teacher_forced, data["agents", "log_prob"], rtol=1e-5, atol=1e-5)
+    assert (data["agents", "agent_order"].sort(-1).values == torch.arange(AGENTS)).all()
