@@ -1,6 +1,6 @@
 """MAGPO vs MAPPO on vmas/balance with the CPU preset: learning curves and per-iteration cost.
 
-    python benchmarks/magpo_vs_mappo.py                   # 3 seeds each, ~18 min on 2 cores
+    python benchmarks/magpo_vs_mappo.py                   # 3 seeds each, ~15 min on 2 cores
     python benchmarks/magpo_vs_mappo.py --seeds 5 --task vmas/navigation --magpo magpo
 
 Each (seed, algorithm) is one ``benchmarl run ... experiment=cpu`` in its own process, run one

@@ -18,7 +18,9 @@ Both run in two modes, wrapped by :func:`make_guider_policies`:
   stored joint action and the stored execution order;
 * sequential sampling (collection): agents act one after the other, each conditioned on the
   actions already taken; the order (fixed, or a fresh random permutation per step) is written
-  to the batch as ``(group, "agent_order")`` so training recomputes log-probs under it.
+  to the batch as ``(group, "agent_order")`` so training recomputes log-probs under it. A core
+  whose parameters cannot currently depend on the previous actions (a residual guider right
+  after a reset) samples all agents in one pass, which draws from the same joint distribution.
 
 Orders are ``[*B, n_agents]`` long tensors; ``order[..., k]`` is the agent that acts k-th.
 """
