@@ -231,7 +231,8 @@ class ResidualGuider(_GuiderCore):
     def depends_on_previous_actions(self) -> bool:
         # A zero last layer makes the correction exactly zero whatever its inputs: the guider is
         # then its base, the learner's decentralized network. That is the guider's state right
-        # after a backtrack, so with backtrack=true every collection takes this shortcut.
+        # after a backtrack, so with backtrack=true every collection takes this shortcut. The
+        # check reads two small tensors (one host sync per environment step on a GPU).
         last = self.correction[-1]
         return bool(last.weight.any() or last.bias.any())
 
