@@ -234,7 +234,7 @@ class ResidualGuider(_GuiderCore):
         # after a backtrack, so with backtrack=true every collection takes this shortcut. The
         # check reads two small tensors (one host sync per environment step on a GPU).
         last = self.correction[-1]
-        return bool(last.weight.any() or last.bias.any())
+        return bool(last.weight.any() | last.bias.any())  # one sync, not one per tensor
 
     def context(self, tensordict, order):
         batch_shape = order.shape[:-1]
