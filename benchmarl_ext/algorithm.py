@@ -31,9 +31,9 @@ from torchrl.objectives import ValueEstimators
 
 from kernels.api import check_loss_options
 from magpo import MAGPOLoss
-from magpo.guiders import AGENT_ORDERS, ResidualGuider, TransformerGuider, make_guider_policies
+from magpo.guiders import AGENT_ORDERS, AnchoredGuider, ResidualGuider, TransformerGuider, make_guider_policies
 
-GUIDER_TYPES = ("transformer", "residual")
+GUIDER_TYPES = ("transformer", "residual", "anchored")
 
 
 class Magpo(Mappo):
@@ -41,7 +41,7 @@ class Magpo(Mappo):
 
     Args (besides MAPPO's, see :class:`MagpoConfig` for the meaning of each field):
         delta, aux_coef, learner_kl, guider, guider_embed_dim, guider_heads, guider_layers,
-        agent_order, backtrack, normalize_advantage, clip_value, backend.
+        guider_lr, agent_order, backtrack, normalize_advantage, clip_value, backend.
     """
 
     def __init__(
@@ -53,6 +53,7 @@ class Magpo(Mappo):
         guider_embed_dim: int,
         guider_heads: int,
         guider_layers: int,
+        guider_lr: Optional[float],
         agent_order: str,
         backtrack: bool,
         normalize_advantage: bool,
@@ -76,6 +77,7 @@ class Magpo(Mappo):
         self.guider_embed_dim = guider_embed_dim
         self.guider_heads = guider_heads
         self.guider_layers = guider_layers
+        self.guider_lr = guider_lr
         self.agent_order = agent_order
         self.backtrack_enabled = backtrack
         self.normalize_advantage = normalize_advantage
@@ -126,7 +128,8 @@ class Magpo(Mappo):
                 **common, embed_dim=self.guider_embed_dim, num_heads=self.guider_heads, num_layers=self.guider_layers
             )
         else:
-            core = ResidualGuider(
+            corrected = AnchoredGuider if self.guider_type == "anchored" else ResidualGuider
+            core = corrected(
                 self._learner_params_module(group), (group, "logits"), **common, hidden_dim=self.guider_embed_dim
             )
         core = core.to(self.device)
@@ -263,6 +266,7 @@ class MagpoConfig(MappoConfig):
     guider_embed_dim: int = 64
     guider_heads: int = 4
     guider_layers: int = 1
+    guider_lr: Optional[float] = None
     agent_order: str = "random"
     backtrack: bool = False
     normalize_advantage: bool = True
@@ -289,6 +293,8 @@ class MagpoConfig(MappoConfig):
                 f"algorithm.guider_embed_dim ({self.guider_embed_dim}) must be divisible by algorithm.guider_heads "
                 f"({self.guider_heads})"
             )
+        if self.guider_lr is not None and not (isinstance(self.guider_lr, (int, float)) and 0 < self.guider_lr < 1):
+            raise ValueError(f"algorithm.guider_lr must be in (0, 1) or null (the experiment's lr), got {self.guider_lr!r}")
         if self.clip_value is not None and not self.clip_value > 0:
             raise ValueError(f"algorithm.clip_value must be > 0 or null, got {self.clip_value}")
         if not self.entropy_coef >= 0:

@@ -57,6 +57,14 @@ class MagpoExperiment(Experiment):
             callbacks.append(GuiderBacktrack())
         super().__init__(*args, callbacks=callbacks, **kwargs)
 
+    def _setup_algorithm(self):
+        super()._setup_algorithm()
+        if isinstance(self.algorithm, Magpo) and self.algorithm.guider_lr is not None:
+            # BenchMARL gives every optimizer experiment.lr; the guider may learn at its own rate.
+            for optimizers in self.optimizers.values():
+                for param_group in optimizers["loss_guider"].param_groups:
+                    param_group["lr"] = self.algorithm.guider_lr
+
     # ------------------------------------------------------------------ evaluation
 
     def _evaluation_loop(self):

@@ -2,13 +2,15 @@
 
 A guider maps every agent's observation (and the task's global state, when there is one) plus
 the actions of the agents before it in the execution order to that agent's action
-distribution parameters. Two cores:
+distribution parameters. Three cores:
 
 * :class:`TransformerGuider` (MAT-style, arXiv 2205.14953): a transformer encoder over the agents'
   observation embeddings (plus a state token), and a decoder whose causal self-attention runs
   over the previously chosen actions, in execution order, with cross-attention to the encoding.
-* :class:`ResidualGuider`: a copy of the learner's network plus a correction that sees the
-  centralized context and the previous actions. The correction's last layer starts at zero, so
+* :class:`AnchoredGuider`: stop-gradient(the live learner's output) plus a zero-initialised
+  correction that sees the centralized context and the previous actions. It starts equal to the
+  learner (mu_0 = pi_0, where the paper's theory starts) and follows every learner update.
+* :class:`ResidualGuider`: a trainable copy of the learner's network plus the same correction;
   :meth:`ResidualGuider.reset_to` makes the guider's distribution equal the learner's on every
   input (the paper's guider backtracking, Section 4.1 step 4).
 
@@ -20,7 +22,7 @@ Both run in two modes, wrapped by :func:`make_guider_policies`:
   actions already taken; the order (fixed, or a fresh random permutation per step) is written
   to the batch as ``(group, "agent_order")`` so training recomputes log-probs under it. A core
   whose parameters cannot currently depend on the previous actions (a residual guider right
-  after a reset) samples all agents in one pass, which draws from the same joint distribution.
+  at initialisation or after a reset) samples all agents in one pass, which draws from the same joint distribution.
 
 Orders are ``[*B, n_agents]`` long tensors; ``order[..., k]`` is the agent that acts k-th.
 """
@@ -77,9 +79,7 @@ class _GuiderCore(nn.Module):
 
     @property
     def in_keys(self) -> list[NestedKey]:
-        keys = self.observation_keys + ([self.state_key] if self.state_key is not None else [])
-        base = getattr(self, "base", None)
-        return list(dict.fromkeys(keys + (list(base.in_keys) if base is not None else [])))
+        return self.observation_keys + ([self.state_key] if self.state_key is not None else [])
 
     def params(self, tensordict: TensorDictBase, action: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         """Distribution parameters ``[*B, n_agents, P]`` of every agent given the actions of the
@@ -176,22 +176,19 @@ class TransformerGuider(_GuiderCore):
         return out.reshape(*batch_shape, n, -1)
 
 
-class ResidualGuider(_GuiderCore):
-    """The learner's network plus a zero-initialised, centralized, auto-regressive correction.
+class _CorrectedGuider(_GuiderCore):
+    """A decentralized base's parameters plus a zero-initialised, centralized, auto-regressive
+    correction; the subclasses differ only in where the base comes from (:meth:`base_params`).
 
-    Args:
-        learner_module: the learner's ``TensorDictModule`` that writes its distribution
-            parameters to ``learner_out_key``; it is deep-copied into the guider's base.
-        learner_out_key: that key, e.g. ``(group, "logits")``.
-        observation_keys, state_key, observation_dim, state_dim, n_agents, action_size,
-        discrete, param_dim: as in :class:`TransformerGuider`.
-        hidden_dim: width of the correction MLP.
+    The correction sees the agent's own observation, the mean of all agents' observations, the
+    global state, the mean embedding of the actions taken earlier in the order, and the agent's
+    step in the order. Its last layer starts at zero, so at initialisation the guider's
+    distribution equals the base's on every input (mu_0 = pi_0).
     """
 
     def __init__(
         self,
-        learner_module: TensorDictModuleBase,
-        learner_out_key: NestedKey,
+        base_out_key: NestedKey,
         observation_keys,
         state_key,
         observation_dim: int,
@@ -203,8 +200,7 @@ class ResidualGuider(_GuiderCore):
         hidden_dim: int = 64,
     ):
         super().__init__(observation_keys, state_key, n_agents)
-        self.base = copy.deepcopy(learner_module)
-        self.base_out_key = learner_out_key
+        self.base_out_key = base_out_key
         self.action_embed = _ActionEmbedding(action_size, discrete, hidden_dim)
         context_dim = 2 * observation_dim + (state_dim or 0) + hidden_dim + n_agents
         self.correction = nn.Sequential(
@@ -219,27 +215,31 @@ class ResidualGuider(_GuiderCore):
             last.weight.zero_()
             last.bias.zero_()
 
-    @torch.no_grad()
-    def reset_to(self, learner_module: TensorDictModuleBase) -> None:
-        """Backtrack: copy the learner into the base and zero the correction, in place (the
-        Parameter objects stay, so optimizers and collectors keep working)."""
-        source = dict(learner_module.named_parameters()) | dict(learner_module.named_buffers())
-        for name, tensor in list(self.base.named_parameters()) + list(self.base.named_buffers()):
-            tensor.copy_(source[name])
-        self._zero_correction()
+    def base_module(self) -> TensorDictModuleBase:
+        """The decentralized network whose output :meth:`base_params` reads."""
+        raise NotImplementedError
+
+    def base_params(self, tensordict: TensorDictBase) -> torch.Tensor:
+        """The base's distribution parameters ``[*B, n_agents, P]``."""
+        module = self.base_module()
+        return module(tensordict.select(*module.in_keys, strict=False).clone(False)).get(self.base_out_key)
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        return list(dict.fromkeys(super().in_keys + list(self.base_module().in_keys)))
 
     def depends_on_previous_actions(self) -> bool:
         # A zero last layer makes the correction exactly zero whatever its inputs: the guider is
-        # then its base, the learner's decentralized network. That is the guider's state right
-        # after a backtrack, so with backtrack=true every collection takes this shortcut. The
-        # check reads two small tensors (one host sync per environment step on a GPU).
+        # then its base, a decentralized network. That is the guider's state at initialisation
+        # and right after a backtrack (with backtrack=true every collection takes this shortcut).
+        # The check reads two small tensors (one host sync per environment step on a GPU).
         last = self.correction[-1]
         return bool(last.weight.any() | last.bias.any())  # one sync, not one per tensor
 
     def context(self, tensordict, order):
         batch_shape = order.shape[:-1]
         lead = len(batch_shape)
-        base = self.base(tensordict.select(*self.base.in_keys, strict=False).clone(False)).get(self.base_out_key)
+        base = self.base_params(tensordict)
         obs = _flat_observations(tensordict, self.observation_keys, lead + 1)  # [*B, n, F]
         others = obs.mean(dim=-2, keepdim=True).expand_as(obs)  # permutation-invariant summary
         parts = [obs, others]
@@ -256,6 +256,68 @@ class ResidualGuider(_GuiderCore):
         base, observed, mean_before, step = context
         previous = mean_before @ self.action_embed(action)  # [*B, n, H]
         return base + self.correction(torch.cat([observed, previous, step], dim=-1))
+
+
+class ResidualGuider(_CorrectedGuider):
+    """A trainable copy of the learner's network plus the zero-initialised correction.
+
+    :meth:`reset_to` copies the learner into the base and zeroes the correction, making the
+    guider's distribution equal the learner's on every input (the paper's guider backtracking,
+    Section 4.1 step 4).
+
+    Args:
+        learner_module: the learner's ``TensorDictModule`` that writes its distribution
+            parameters to ``learner_out_key``; it is deep-copied into the guider's base.
+        learner_out_key: that key, e.g. ``(group, "logits")``.
+        observation_keys, state_key, observation_dim, state_dim, n_agents, action_size,
+        discrete, param_dim: as in :class:`TransformerGuider`.
+        hidden_dim: width of the correction MLP.
+    """
+
+    def __init__(self, learner_module: TensorDictModuleBase, learner_out_key: NestedKey, *args, **kwargs):
+        super().__init__(learner_out_key, *args, **kwargs)
+        self.base = copy.deepcopy(learner_module)
+
+    def base_module(self) -> TensorDictModuleBase:
+        return self.base
+
+    @torch.no_grad()
+    def reset_to(self, learner_module: TensorDictModuleBase) -> None:
+        """Backtrack: copy the learner into the base and zero the correction, in place (the
+        Parameter objects stay, so optimizers and collectors keep working)."""
+        source = dict(learner_module.named_parameters()) | dict(learner_module.named_buffers())
+        for name, tensor in list(self.base.named_parameters()) + list(self.base.named_buffers()):
+            tensor.copy_(source[name])
+        self._zero_correction()
+
+
+class AnchoredGuider(_CorrectedGuider):
+    """stop-gradient(the live learner's output) plus the zero-initialised correction.
+
+    The base is the learner itself, read without gradient, so mu = pi at initialisation and the
+    guider follows every learner update at once (a continuous form of the paper's backtracking)
+    while the correction carries what only a centralized, auto-regressive policy can do. At the
+    taken action mu/pi is exp(correction) up to normalisation, so the double clip bounds the
+    correction directly. The guider owns only the correction: the learner is held by reference,
+    not registered as a submodule, so the guider's optimizer and checkpoint never see it.
+
+    Args:
+        learner_module: the learner's ``TensorDictModule`` that writes its distribution
+            parameters to ``learner_out_key`` (shared, not copied).
+        learner_out_key, observation_keys, state_key, observation_dim, state_dim, n_agents,
+        action_size, discrete, param_dim, hidden_dim: as in :class:`ResidualGuider`.
+    """
+
+    def __init__(self, learner_module: TensorDictModuleBase, learner_out_key: NestedKey, *args, **kwargs):
+        super().__init__(learner_out_key, *args, **kwargs)
+        self._learner = (learner_module,)  # a tuple: nn.Module does not register what it holds
+
+    def base_module(self) -> TensorDictModuleBase:
+        return self._learner[0]
+
+    def base_params(self, tensordict: TensorDictBase) -> torch.Tensor:
+        with torch.no_grad():  # sg(learner): the guider's loss never reaches the learner
+            return super().base_params(tensordict)
 
 
 class TeacherForcedGuider(TensorDictModuleBase):

@@ -145,6 +145,33 @@ def test_backtrack_resets_the_guider_after_each_training_iteration(tmp_path):
         torch.testing.assert_close(g.scale, l.scale, rtol=0, atol=0)
 
 
+def test_anchored_guider_reads_the_trained_learner_and_learns_at_its_own_rate(tmp_path):
+    experiment = make_experiment(
+        tmp_path, ["algorithm=magpo", "algorithm.guider=anchored", "algorithm.guider_embed_dim=8",
+                   "algorithm.guider_lr=0.002", "experiment.evaluation=false", "experiment.checkpoint_at_end=false"]
+    )
+    algorithm = experiment.algorithm
+    assert [g["lr"] for g in experiment.optimizers["agents"]["loss_guider"].param_groups] == [0.002]
+    assert [g["lr"] for g in experiment.optimizers["agents"]["loss_learner"].param_groups] == [experiment.config.lr]
+    core = algorithm._guider_cores["agents"]
+    learner_net = algorithm._learner_params_module("agents")
+    assert core.base_module() is learner_net  # the live learner, not a copy
+    before = [p.clone() for p in learner_net.parameters()]
+    experiment.run()  # two iterations: the learner and the correction both move
+    assert any(not torch.equal(a, b) for a, b in zip(before, learner_net.parameters()))
+    assert core.correction[-1].weight.abs().sum() > 0
+    with torch.no_grad():
+        core.correction[-1].weight.zero_()
+        core.correction[-1].bias.zero_()
+        data = experiment.test_env.reset()
+        data["agents", "action"] = experiment.test_env.full_action_spec.rand()["agents", "action"]
+        data["agents", "agent_order"] = torch.argsort(torch.rand(*data["agents"].batch_size), -1)
+        g = algorithm.get_policy_for_loss("agents").get_dist(data.clone())
+        l = algorithm._learners["agents"].get_dist(data.clone())
+    torch.testing.assert_close(g.loc, l.loc, rtol=0, atol=0)  # base == the trained learner
+    torch.testing.assert_close(g.scale, l.scale, rtol=0, atol=0)
+
+
 def test_checkpoint_holds_everything_and_resume_continues(tmp_path):
     overrides = ["algorithm=magpo", *SMALL_GUIDER, "experiment.evaluation=false"]
     first = make_experiment(tmp_path / "a", overrides)
@@ -191,6 +218,8 @@ def test_resume_command_reloads_a_run(tmp_path):
         ("algorithm.aux_coef=-1", "aux_coef"),
         ("algorithm.learner_kl=both", "learner_kl"),
         ("algorithm.guider_heads=3", "algorithm.guider_embed_dim"),
+        ("algorithm.guider_lr=0", "algorithm.guider_lr"),
+        ("algorithm.guider_lr=-0.001", "algorithm.guider_lr"),
     ],
 )
 def test_bad_configuration_stops_before_any_environment(override, field, monkeypatch):

@@ -9,7 +9,7 @@ from tensordict.nn import NormalParamExtractor, ProbabilisticTensorDictModule, T
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MaskedCategorical, TanhNormal
 
-from magpo.guiders import ResidualGuider, TransformerGuider, make_guider_policies
+from magpo.guiders import AnchoredGuider, ResidualGuider, TransformerGuider, make_guider_policies
 
 BATCH, AGENTS, OBS, ACTIONS, DIMS = 6, 4, 5, 4, 2
 OBS_KEY, PARAMS_KEY = ("agents", "observation"), ("agents", "guider_params")
@@ -33,7 +33,8 @@ def build(kind, continuous, agent_order="random", seed=0):
     if kind == "transformer":
         core = TransformerGuider(**common, embed_dim=16, num_heads=2)
     else:
-        core = ResidualGuider(learner_net, ("agents", "logits"), **common, hidden_dim=16)
+        corrected = ResidualGuider if kind == "residual" else AnchoredGuider
+        core = corrected(learner_net, ("agents", "logits"), **common, hidden_dim=16)
         torch.nn.init.normal_(core.correction[-1].weight, std=0.5)  # a guider that differs from the learner
     if continuous:
         extractor = NormalParamExtractor()
@@ -57,7 +58,7 @@ def build(kind, continuous, agent_order="random", seed=0):
     return core, learner_net, for_loss, for_collection
 
 
-CASES = [(k, c) for k in ("transformer", "residual") for c in (False, True)]
+CASES = [(k, c) for k in ("transformer", "residual", "anchored") for c in (False, True)]
 
 
 @pytest.mark.parametrize("kind, continuous", CASES)
@@ -149,3 +150,43 @@ def test_guider_equal_to_its_learner_samples_every_agent_in_one_pass(continuous)
         teacher_forced = for_loss.get_dist(data.clone()).log_prob(data["agents", "action"])
     torch.testing.assert_close(teacher_forced, data["agents", "log_prob"], rtol=1e-5, atol=1e-5)
     assert (data["agents", "agent_order"].sort(-1).values == torch.arange(AGENTS)).all()
+
+
+def _zero_correction_guider(core, for_loss, learner_net, continuous):
+    """mu == pi exactly: the guider's parameters are the learner's on fresh random inputs."""
+    for seed in range(3):
+        data = batch(seed)
+        with torch.no_grad():
+            data["agents", "action"] = torch.randn(BATCH, AGENTS, DIMS) if continuous else torch.randint(ACTIONS, (BATCH, AGENTS))
+            data["agents", "agent_order"] = torch.argsort(torch.rand(BATCH, AGENTS), -1)
+            guider_params = for_loss.module[0](data.clone())[PARAMS_KEY]
+            learner_params = learner_net(data.clone())["agents", "logits"]
+        torch.testing.assert_close(guider_params, learner_params, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_anchored_guider_starts_at_the_learner_and_follows_it(continuous):
+    torch.manual_seed(0)
+    core, learner_net, for_loss, _ = build("anchored", continuous)
+    core._zero_correction()  # as constructed (build() perturbs it to test causality)
+    assert AnchoredGuider(learner_net, ("agents", "logits"), [OBS_KEY], None, OBS, None, AGENTS, ACTIONS, True,
+                          ACTIONS).depends_on_previous_actions() is False  # a new one is zero: mu_0 = pi_0
+    _zero_correction_guider(core, for_loss, learner_net, continuous)
+    with torch.no_grad():
+        for p in learner_net.parameters():  # a learner update moves the guider with it, no reset needed
+            p.add_(torch.randn_like(p))
+    _zero_correction_guider(core, for_loss, learner_net, continuous)
+
+
+def test_anchored_guider_owns_only_its_correction_and_its_loss_never_reaches_the_learner():
+    core, learner_net, for_loss, for_collection = build("anchored", False)
+    learner_ids = {id(p) for p in learner_net.parameters()}
+    assert learner_ids.isdisjoint(id(p) for p in core.parameters())
+    assert not any(k.startswith("_learner") for k in core.state_dict())  # checkpoints hold the learner once
+    assert set(learner_net.in_keys) <= set(for_collection.in_keys)
+    data = batch()
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        for_collection(data)
+    for_loss.get_dist(data).log_prob(data["agents", "action"]).sum().backward()
+    assert all(p.grad is None for p in learner_net.parameters())
+    assert core.correction[-1].weight.grad.abs().sum() > 0
