@@ -1,149 +1,176 @@
-"""MAGPO vs MAPPO on vmas/balance with the CPU preset: learning curves and per-iteration cost.
+"""MAGPO vs MAPPO on VMAS tasks with the CPU preset: final return, area under the curve,
+per-iteration cost and the guider's diagnostics.
 
-    python benchmarks/magpo_vs_mappo.py                   # 3 seeds each, ~15 min on 2 cores
-    python benchmarks/magpo_vs_mappo.py --seeds 5 --task vmas/navigation --magpo magpo
+    python benchmarks/magpo_vs_mappo.py --seeds 5 --jobs 2      # balance, give_way, navigation
+    python benchmarks/magpo_vs_mappo.py --seeds 3 --tasks vmas/balance --magpo magpo,magpo_residual
 
-Each (seed, algorithm) is one ``benchmarl run ... experiment=cpu`` in its own process, run one
-at a time, with the algorithms' order rotated from seed to seed so that machine drift hits all
-alike. ``--magpo`` names the MAGPO presets to run beside MAPPO; by default both guiders:
-``magpo_residual`` (the residual guider with backtracking) and ``magpo`` (the transformer
-guider). Writes to ``--out``:
+Each (task, seed, algorithm) is one ``benchmarl run ... experiment=cpu`` in its own process, the
+algorithms' order rotated from seed to seed so that machine drift hits all alike. Runs already
+finished under ``--out/runs`` are reused, so an interrupted set resumes and a new preset adds
+only its own runs. ``--magpo`` names the MAGPO presets (``conf/algorithm/*.yaml``) to run beside
+MAPPO. Writes to ``--out``:
 
-* ``magpo_vs_mappo.png``: evaluation return against frames (mean and 95% CI over seeds) of
-  each MAGPO preset's decentralized learner and guider (centralized execution) and of MAPPO;
-* ``magpo_vs_mappo.md``: the final returns and each preset's per-iteration wall-time ratio
-  MAGPO / MAPPO (collection + training, and whole iterations), with machine, versions and date;
+* ``magpo_vs_mappo.md``: per task, the learner's final evaluation return and its area under the
+  evaluation curve (AUC: the trapezoid mean of the return over frames), each as mean +- 95% CI
+  (Student t over seeds) with per-seed values; collection + training seconds per iteration
+  and the ratio to MAPPO; the mean ``learner_kl`` and ``mask_fraction`` of each MAGPO preset;
+  with the date, machine, versions and commit;
+* ``magpo_vs_mappo_<task>.png``: evaluation return against frames, mean and 95% CI;
 * ``magpo_vs_mappo_curves.csv``: every evaluation point of every run.
+
+With ``--jobs`` > 1 the runs share the cores (one torch thread each), so the per-iteration
+seconds are those of a loaded machine; ratios stay comparable because every algorithm runs
+under the same load. ``--jobs 1`` gives uncontended timings.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import datetime
-import os
-import platform
 import statistics
 from pathlib import Path
 
-from runs_common import benchmarl_run, mean_ci
+from runs_common import mean_ci, provenance, run_many
 
-from benchmarl_ext.plots import frames_of, read_scalar
+from benchmarl_ext.plots import frames_of, read_scalar, scalars_folder
 
-def per_iteration_seconds(folder: Path) -> tuple[float, float]:
-    """Median (collection + training) and median whole-iteration seconds of one run."""
+DEFAULT_TASKS = "vmas/balance,vmas/give_way,vmas/navigation"
+
+
+def per_iteration_seconds(folder: Path) -> float:
+    """Median over a run's iterations of collection + training seconds."""
     collection = read_scalar(folder, "timers_collection_time")
     training = read_scalar(folder, "timers_training_time")
-    iteration = read_scalar(folder, "timers_iteration_time")
-    work = [collection[i] + training[i] for i in collection]
-    return statistics.median(work), statistics.median(iteration.values())
+    return statistics.median(collection[i] + training[i] for i in collection)
+
+
+def curve(folder: Path, scalar: str = "eval_reward_episode_reward_mean") -> list[tuple[float, float]]:
+    """``[(frames, evaluation return)]`` of one run."""
+    frames = frames_of(folder)
+    return [(frames[i], v) for i, v in sorted(read_scalar(folder, scalar).items())]
+
+
+def area_under_curve(points: list[tuple[float, float]]) -> float:
+    """Trapezoid mean of the return over the frames spanned by the evaluations."""
+    (x0, _), (x1, _) = points[0], points[-1]
+    area = sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(points, points[1:]))
+    return area / (x1 - x0)
+
+
+def diagnostic_mean(folder: Path, term: str) -> float:
+    """Mean over iterations (and groups) of a logged training diagnostic, e.g. learner_kl."""
+    files = sorted(scalars_folder(folder).glob(f"train_*_{term}.csv"))
+    values = [v for f in files for v in read_scalar(folder, f.stem).values()]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]], out: Path) -> list[str]:
+    """The markdown section of one task; also draws its PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def cell(values):
+        mean, half = mean_ci(values)
+        return f"{mean:.2f} +- {half:.2f}"
+
+    timing = {a: statistics.fmean(per_iteration_seconds(f) for f in folders[a]) for a in algorithms}
+    label = {a: "MAPPO" if a == "mappo" else f"{a} learner" for a in algorithms}
+    lines = [
+        f"## {task}",
+        "",
+        "| policy | final return | per seed | AUC | per seed | s / iteration | ratio to MAPPO | learner_kl | mask_fraction |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for algorithm in algorithms:
+        curves = [curve(f) for f in folders[algorithm]]
+        finals = [c[-1][1] for c in curves]
+        aucs = [area_under_curve(c) for c in curves]
+        diagnostics = (
+            ["-", "-"] if algorithm == "mappo"
+            else [f"{statistics.fmean(diagnostic_mean(f, t) for f in folders[algorithm]):.2e}"
+                  for t in ("learner_kl", "mask_fraction")]
+        )
+        lines.append(
+            f"| {label[algorithm]} | {cell(finals)} | {' / '.join(f'{v:.1f}' for v in finals)} | {cell(aucs)} | "
+            f"{' / '.join(f'{v:.1f}' for v in aucs)} | {timing[algorithm]:.2f} | {timing[algorithm] / timing['mappo']:.2f} | "
+            f"{' | '.join(diagnostics)} |"
+        )
+        frames = [x for x, _ in curves[0]]
+        stats = [mean_ci([c[k][1] for c in curves]) for k in range(len(frames))]
+        ax.plot(frames, [m for m, _ in stats], marker="o", ms=3, label=label[algorithm])
+        ax.fill_between(frames, [m - h for m, h in stats], [m + h for m, h in stats], alpha=0.2)
+    ax.set(xlabel="frames", ylabel="evaluation episode return", title=f"{task}, {len(folders['mappo'])} seeds (95% CI)")
+    ax.legend()
+    fig.tight_layout()
+    png = out / f"magpo_vs_mappo_{task.replace('/', '_')}.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return [*lines, "", f"![{task}]({png.name})", ""]
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per algorithm, >= 2")
-    parser.add_argument("--task", default="vmas/balance")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per algorithm and task, >= 2")
+    parser.add_argument("--tasks", default=DEFAULT_TASKS, help="comma-separated BenchMARL tasks")
     parser.add_argument("--experiment", default="cpu")
-    parser.add_argument("--magpo", default="magpo_residual,magpo", help="comma-separated MAGPO algorithm presets")
+    parser.add_argument("--magpo", default="magpo,magpo_anchored", help="comma-separated MAGPO algorithm presets")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (one torch thread each when > 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args(argv)
     if args.seeds < 2:
         parser.error(f"--seeds must be >= 2 for a confidence interval, got {args.seeds}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     conf = Path(__file__).resolve().parents[1] / "conf" / "algorithm"
-    unknown = [p for p in args.magpo.split(",") if p and not (conf / f"{p}.yaml").exists()]
-    if unknown or not args.magpo.strip(","):
-        parser.error(f"--magpo must name algorithm presets in conf/algorithm/ (e.g. magpo,magpo_residual), got {args.magpo!r}")
-    runs_dir = args.out / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-
     presets = [p for p in args.magpo.split(",") if p]
+    unknown = [p for p in presets if not (conf / f"{p}.yaml").exists()]
+    if unknown or not presets:
+        parser.error(f"--magpo must name algorithm presets in conf/algorithm/ (e.g. magpo,magpo_anchored), got {args.magpo!r}")
+    tasks = [t for t in args.tasks.split(",") if t]
     algorithms = ["mappo", *presets]
-    folders = {algorithm: [] for algorithm in algorithms}
-    for seed in range(args.seeds):
-        shift = seed % len(algorithms)
-        for algorithm in algorithms[shift:] + algorithms[:shift]:
-            overrides = [f"algorithm={algorithm}", f"task={args.task}", f"experiment={args.experiment}", f"seed={seed}"]
-            folders[algorithm].append(benchmarl_run(f"{algorithm}_seed{seed}", overrides + args.overrides, runs_dir))
 
-    curves = {"MAPPO": [(f, "eval_reward_episode_reward_mean") for f in folders["mappo"]]}
-    for preset in presets:
-        curves[f"{preset} learner"] = [(f, "eval_reward_episode_reward_mean") for f in folders[preset]]
-        curves[f"{preset} guider (centralized)"] = [(f, "eval_guider_reward_episode_reward_mean") for f in folders[preset]]
-    rows, summary = [], {}
-    for label, runs in curves.items():
-        per_frame: dict[float, list[float]] = {}
-        for seed, (folder, scalar) in enumerate(runs):
-            frames = frames_of(folder)
-            for iteration, value in read_scalar(folder, scalar).items():
-                per_frame.setdefault(frames[iteration], []).append(value)
-                rows.append({"curve": label, "seed": seed, "frames": frames[iteration], "eval_return": value})
-        summary[label] = {f: mean_ci(v) for f, v in sorted(per_frame.items()) if len(v) == len(runs)}
-
-    timing = {}  # algorithm -> (collection + training, whole iteration), mean over seeds of the medians
-    for algorithm, runs in folders.items():
-        seconds = [per_iteration_seconds(f) for f in runs]
-        timing[algorithm] = (statistics.fmean(w for w, _ in seconds), statistics.fmean(i for _, i in seconds))
+    runs, keys = [], []
+    for task in tasks:
+        for seed in range(args.seeds):
+            shift = seed % len(algorithms)
+            for algorithm in algorithms[shift:] + algorithms[:shift]:
+                name = f"{task.replace('/', '_')}_{algorithm}_seed{seed}"
+                overrides = [f"algorithm={algorithm}", f"task={task}", f"experiment={args.experiment}", f"seed={seed}"]
+                runs.append((name, overrides + args.overrides))
+                keys.append((task, algorithm))
+    folders: dict[str, dict[str, list[Path]]] = {t: {a: [] for a in algorithms} for t in tasks}
+    for (task, algorithm), folder in zip(keys, run_many(runs, args.out / "runs", args.jobs)):
+        folders[task][algorithm].append(folder)
 
     with (args.out / "magpo_vs_mappo_curves.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["curve", "seed", "frames", "eval_return"])
-        writer.writeheader()
-        writer.writerows(rows)
+        writer = csv.writer(f)
+        writer.writerow(["task", "algorithm", "seed", "frames", "eval_return"])
+        for task in tasks:
+            for algorithm in algorithms:
+                for seed, folder in enumerate(folders[task][algorithm]):
+                    writer.writerows([task, algorithm, seed, x, y] for x, y in curve(folder))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, points in summary.items():
-        x = list(points)
-        mean = [points[f][0] for f in x]
-        half = [points[f][1] for f in x]
-        ax.plot(x, mean, marker="o", ms=3, label=label, ls="--" if "guider" in label else "-")
-        ax.fill_between(x, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)], alpha=0.2)
-    ax.set(xlabel="frames", ylabel="evaluation episode return", title=f"{args.task}, experiment={args.experiment}, {args.seeds} seeds (95% CI)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out / "magpo_vs_mappo.png", dpi=120)
-
-    import benchmarl
-    import torchrl
-    import vmas
-
-    last = {label: points[max(points)] for label, points in summary.items()}
-    final_frames = max(summary["MAPPO"])
-
-    def per_seed(label: str) -> str:
-        return " / ".join(f"{r['eval_return']:.1f}" for r in rows if r["curve"] == label and r["frames"] == final_frames)
-
+    command = (f"python benchmarks/magpo_vs_mappo.py --seeds {args.seeds} --tasks {args.tasks} --experiment {args.experiment} "
+               f"--magpo {args.magpo} --jobs {args.jobs}{' ' + ' '.join(args.overrides) if args.overrides else ''}")
     lines = [
-        f"# MAGPO vs MAPPO on {args.task} (experiment={args.experiment}, {args.seeds} seeds)",
+        f"# MAGPO vs MAPPO (experiment={args.experiment}, {args.seeds} seeds)",
         "",
-        f"Measured {datetime.date.today().isoformat()} on {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-        f"torchrl {torchrl.__version__}, benchmarl {benchmarl.__version__}, vmas {vmas.__version__}. "
-        f"Command: `python benchmarks/magpo_vs_mappo.py --seeds {args.seeds} --task {args.task} "
-        f"--experiment {args.experiment} --magpo {args.magpo}{' ' + ' '.join(args.overrides) if args.overrides else ''}`.",
+        f"{provenance()} Command: `{command}`.",
         "",
-        f"Evaluation return at {final_frames:,.0f} frames (mean +- 95% CI half-width over seeds; deterministic actions):",
-        "",
-        "| policy | return | per seed |",
-        "| --- | --- | --- |",
-        *(f"| {label} | {m:.2f} +- {h:.2f} | {per_seed(label)} |" for label, (m, h) in last.items()),
-        "",
-        "Per-iteration wall time (median over each run's iterations, mean over seeds; MAGPO's whole iterations "
-        "also include the evaluation of its guider):",
-        "",
-        "| algorithm | collection + training | ratio to MAPPO | whole iteration | ratio to MAPPO |",
-        "| --- | --- | --- | --- | --- |",
-        *(f"| {a} | {timing[a][0]:.2f} s | {timing[a][0] / timing['mappo'][0]:.2f} | {timing[a][1]:.2f} s | "
-          f"{timing[a][1] / timing['mappo'][1]:.2f} |" for a in algorithms),
-        "",
-        "![curves](magpo_vs_mappo.png)",
+        "Every return is the evaluation of the decentralized policy (MAGPO: the learner), deterministic actions. "
+        "Final: at the last evaluation. AUC: trapezoid mean of the evaluation return over frames. Mean +- 95% CI "
+        "half-width (Student t over seeds). s / iteration: median collection + training seconds of each run, mean "
+        f"over seeds{' (runs shared the cores, ' + str(args.jobs) + ' at a time)' if args.jobs > 1 else ''}. "
+        "learner_kl (KL(guider || learner)) and mask_fraction (share of samples outside the delta band): mean over "
+        "training iterations.",
         "",
     ]
+    for task in tasks:
+        lines += task_report(task, algorithms, folders[task], args.out)
     (args.out / "magpo_vs_mappo.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

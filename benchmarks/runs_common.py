@@ -3,11 +3,14 @@ confidence intervals over seeds."""
 
 from __future__ import annotations
 
+import datetime
 import os
+import platform
 import shutil
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # two-sided 95% Student-t quantiles by degrees of freedom
@@ -53,3 +56,31 @@ def finished_run(run_dir: Path) -> Path | None:
     curve), else None."""
     finished = [p for p in _experiment_folders(run_dir) if (p / "learning_curve.png").exists()]
     return finished[0] if len(finished) == 1 else None
+
+
+def run_many(runs: list[tuple[str, list[str]]], runs_dir: Path, jobs: int) -> list[Path]:
+    """``(name, overrides)`` runs, ``jobs`` at a time, reusing those already finished in
+    ``runs_dir``; returns their experiment folders in the same order. With several jobs each
+    run gets cores / jobs torch threads: these small networks gain little from intra-op
+    threads, so parallel runs finish a set sooner than threaded ones in sequence."""
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(lambda run: benchmarl_run(*run, runs_dir, threads=threads, reuse=True), runs))
+
+
+def provenance() -> str:
+    """Date, machine, versions and commit, for the header of a results file."""
+    import benchmarl
+    import torch
+    import torchrl
+    import vmas
+
+    root = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout
+    return (
+        f"Measured {datetime.date.today().isoformat()} at commit {commit or 'unknown'}{' (with local changes)' if dirty.strip() else ''} "
+        f"on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads here), torchrl {torchrl.__version__}, "
+        f"benchmarl {benchmarl.__version__}, vmas {vmas.__version__}."
+    )
