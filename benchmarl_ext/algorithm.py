@@ -8,14 +8,13 @@ with :class:`magpo.MAGPOLoss`, each with its own optimizer (keys ``loss_guider``
 ``loss_learner``, ``loss_critic``).
 
 Evaluation must use the learner, not the collecting guider: BenchMARL's plain ``Experiment``
-evaluates the collection policy, so ``Magpo`` only runs inside
-:class:`benchmarl_ext.experiment.MagpoExperiment` (which the ``benchmarl`` command uses) and
-refuses a plain ``Experiment``.
+evaluates the collection policy, so ``Magpo`` only runs inside an experiment that declares
+``evaluates_learner`` (:class:`benchmarl_ext.experiment.MagpoExperiment`, which the ``benchmarl``
+command uses) and refuses a plain ``Experiment``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Type
 
@@ -24,31 +23,25 @@ from benchmarl.algorithms.common import Algorithm
 from benchmarl.algorithms.mappo import Mappo, MappoConfig
 from benchmarl.models.common import ModelConfig
 from tensordict import TensorDictBase
-from tensordict.nn import NormalParamExtractor, ProbabilisticTensorDictModule, TensorDictModule, TensorDictModuleBase, TensorDictSequential
-from torch.distributions import Categorical
-from torchrl.modules import IndependentNormal, MaskedCategorical, TanhNormal
+from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential
 from torchrl.objectives import ValueEstimators
 
-from kernels.api import check_loss_options
-from magpo import MAGPOLoss
-from magpo.guiders import AGENT_ORDERS, AnchoredGuider, ResidualGuider, TransformerGuider, make_guider_policies
-
-GUIDER_TYPES = ("transformer", "residual", "anchored")
+from magpo import LossOptions, MAGPOLoss
+from magpo.guiders import AGENT_ORDERS, GUIDER_KINDS, make_guider
 
 
 class Magpo(Mappo):
     """Multi-Agent Guided Policy Optimization (arXiv 2507.18059) in BenchMARL.
 
     Args (besides MAPPO's, see :class:`MagpoConfig` for the meaning of each field):
-        delta, aux_coef, learner_kl, guider, guider_embed_dim, guider_heads, guider_layers,
-        guider_lr, agent_order, backtrack, normalize_advantage, clip_value, backend.
+        loss_options: the loss hyperparameters, built and validated once by the config.
+        guider, guider_embed_dim, guider_heads, guider_layers, guider_lr, agent_order, backtrack,
+        normalize_advantage, clip_value.
     """
 
     def __init__(
         self,
-        delta: float,
-        aux_coef: float,
-        learner_kl: str,
+        loss_options: LossOptions,
         guider: str,
         guider_embed_dim: int,
         guider_heads: int,
@@ -58,21 +51,17 @@ class Magpo(Mappo):
         backtrack: bool,
         normalize_advantage: bool,
         clip_value: Optional[float],
-        backend: str,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        from benchmarl_ext.experiment import MagpoExperiment
-
-        if not isinstance(self.experiment, MagpoExperiment):
+        # a capability flag, not an isinstance check: the experiment module imports this one
+        if not getattr(self.experiment, "evaluates_learner", False):
             raise TypeError(
                 "MAGPO collects with the guider but must be evaluated with the decentralized learner; a plain "
                 "benchmarl Experiment would evaluate the guider. Use benchmarl_ext.experiment.MagpoExperiment "
                 "(the `benchmarl run` command of this package does)."
             )
-        self.delta = delta
-        self.aux_coef = aux_coef
-        self.learner_kl = learner_kl
+        self.loss_options = loss_options
         self.guider_type = guider
         self.guider_embed_dim = guider_embed_dim
         self.guider_heads = guider_heads
@@ -82,7 +71,6 @@ class Magpo(Mappo):
         self.backtrack_enabled = backtrack
         self.normalize_advantage = normalize_advantage
         self.clip_value = clip_value
-        self.backend = backend
         self._learners: dict[str, TensorDictModule] = {}
         self._guider_cores: dict[str, torch.nn.Module] = {}
         self._guider_samplers: dict[str, TensorDictModuleBase] = {}
@@ -96,84 +84,24 @@ class Magpo(Mappo):
         """The guider for the loss (teacher forcing); also builds the learner and the sampler."""
         learner = super()._get_policy_for_loss(group, model_config, continuous)
         self._learners[group] = learner
-        n_agents = len(self.group_map[group])
-        action_spec = self.action_spec[group, "action"]
-        observation_keys = [(group, *((k,) if isinstance(k, str) else k)) for k in self.observation_spec[group].keys(True, True)]
-        observation_dim = sum(
-            math.prod(self.observation_spec[group][k[1:]].shape[1:]) for k in observation_keys
-        )
-        state_key, state_dim = None, None
-        if self.state_spec is not None:
-            state_key = list(self.state_spec.keys(True, True))[0]
-            state_dim = math.prod(self.state_spec[state_key].shape)
-        if continuous:
-            action_size = action_spec.shape[-1]
-            param_dim = 2 * action_size
-        else:
-            action_size = action_spec.space.n
-            param_dim = action_size
-        params_key = (group, "guider_logits")
-        common = dict(
-            observation_keys=observation_keys,
-            state_key=state_key,
-            observation_dim=observation_dim,
-            state_dim=state_dim,
-            n_agents=n_agents,
-            action_size=action_size,
-            discrete=not continuous,
-            param_dim=param_dim,
-        )
-        if self.guider_type == "transformer":
-            core = TransformerGuider(
-                **common, embed_dim=self.guider_embed_dim, num_heads=self.guider_heads, num_layers=self.guider_layers
-            )
-        else:
-            corrected = AnchoredGuider if self.guider_type == "anchored" else ResidualGuider
-            core = corrected(
-                self._learner_params_module(group), (group, "logits"), **common, hidden_dim=self.guider_embed_dim
-            )
-        core = core.to(self.device)
-        self._guider_cores[group] = core
-
-        if continuous:
-            head = [
-                TensorDictModule(
-                    NormalParamExtractor(scale_mapping=self.scale_mapping),
-                    in_keys=[params_key],
-                    out_keys=[(group, "guider_loc"), (group, "guider_scale")],
-                )
-            ]
-            distribution = ProbabilisticTensorDictModule(
-                in_keys={"loc": (group, "guider_loc"), "scale": (group, "guider_scale")},
-                out_keys=[(group, "action")],
-                distribution_class=TanhNormal if self.use_tanh_normal else IndependentNormal,
-                distribution_kwargs=(
-                    {"low": action_spec.space.low, "high": action_spec.space.high} if self.use_tanh_normal else {}
-                ),
-                return_log_prob=True,
-                log_prob_key=(group, "log_prob"),
-            )
-        else:
-            head = []
-            masked = self.action_mask_spec is not None
-            distribution = ProbabilisticTensorDictModule(
-                in_keys={"logits": params_key, "mask": (group, "action_mask")} if masked else {"logits": params_key},
-                out_keys=[(group, "action")],
-                distribution_class=MaskedCategorical if masked else Categorical,
-                return_log_prob=True,
-                log_prob_key=(group, "log_prob"),
-            )
-        for_loss, for_collection = make_guider_policies(
-            core,
-            head,
-            distribution,
+        core, for_loss, for_collection = make_guider(
+            self.guider_type,
             group=group,
-            params_key=params_key,
-            order_key=(group, "agent_order"),
+            observation_spec=self.observation_spec[group],
+            action_spec=self.action_spec[group, "action"],
+            continuous=continuous,
+            state_spec=self.state_spec,
+            learner_module=None if self.guider_type == "transformer" else self._learner_params_module(group),
+            width=self.guider_embed_dim,
+            heads=self.guider_heads,
+            layers=self.guider_layers,
             agent_order=self.agent_order,
-            action_shape=action_spec.shape,
-            action_dtype=action_spec.dtype,
+            action_mask=self.action_mask_spec is not None,
+            scale_mapping=self.scale_mapping,
+            tanh_normal=self.use_tanh_normal,
+            device=self.device,
         )
+        self._guider_cores[group] = core
         self._guider_samplers[group] = for_collection
         return for_loss
 
@@ -209,16 +137,12 @@ class Magpo(Mappo):
             policy_for_loss,
             self._learners[group],
             self.get_critic(group),
-            delta=self.delta,
-            clip_epsilon=self.clip_epsilon,
-            aux_coef=self.aux_coef,
-            learner_kl=self.learner_kl,
+            self.loss_options,
             entropy_coeff=self.entropy_coef,
             critic_coeff=self.critic_coef,
             loss_critic_type=self.loss_critic_type,
             clip_value=self.clip_value,
             normalize_advantage=self.normalize_advantage,
-            backend=self.backend,
         )
         loss_module.set_keys(
             reward=(group, "reward"),
@@ -259,9 +183,9 @@ class Ctds(Magpo):
 class MagpoConfig(MappoConfig):
     """Configuration of :class:`Magpo`; every field is documented in ``conf/algorithm/magpo.yaml``."""
 
-    delta: float = 1.5
-    aux_coef: float = 1.0
-    learner_kl: str = "forward"
+    delta: float = LossOptions.delta
+    aux_coef: float = LossOptions.aux_coef
+    learner_kl: str = LossOptions.learner_kl
     guider: str = "transformer"
     guider_embed_dim: int = 64
     guider_heads: int = 4
@@ -271,12 +195,18 @@ class MagpoConfig(MappoConfig):
     backtrack: bool = False
     normalize_advantage: bool = True
     clip_value: Optional[float] = None
-    backend: str = "auto"
+    backend: str = LossOptions.backend
 
     def __post_init__(self):
-        check_loss_options(self.delta, self.clip_epsilon, self.aux_coef, self.learner_kl, self.backend)
-        if self.guider not in GUIDER_TYPES:
-            raise ValueError(f"algorithm.guider must be one of {GUIDER_TYPES}, got {self.guider!r}")
+        try:  # the loss options are validated here, once, and travel to the kernel as this object
+            self.loss_options = LossOptions(
+                delta=self.delta, clip_epsilon=self.clip_epsilon, aux_coef=self.aux_coef, learner_kl=self.learner_kl,
+                backend=self.backend,
+            )
+        except (TypeError, ValueError) as err:  # LossOptions' messages start with the field's name
+            raise type(err)(f"algorithm.{err}") from None
+        if self.guider not in GUIDER_KINDS:
+            raise ValueError(f"algorithm.guider must be one of {GUIDER_KINDS}, got {self.guider!r}")
         if self.agent_order not in AGENT_ORDERS:
             raise ValueError(f"algorithm.agent_order must be one of {AGENT_ORDERS}, got {self.agent_order!r}")
         if self.backtrack and self.guider != "residual":
@@ -301,6 +231,12 @@ class MagpoConfig(MappoConfig):
             raise ValueError(f"algorithm.entropy_coef must be >= 0, got {self.entropy_coef}")
         if not 0 <= self.lmbda <= 1:
             raise ValueError(f"algorithm.lmbda must be in [0, 1], got {self.lmbda}")
+
+    def get_algorithm(self, experiment) -> Algorithm:
+        """The algorithm, given the validated :class:`LossOptions` in place of the fields it was
+        built from (``clip_epsilon`` also stays: MAPPO's constructor takes it)."""
+        fields = {k: v for k, v in self.__dict__.items() if k not in ("delta", "aux_coef", "learner_kl", "backend")}
+        return self.associated_class()(**fields, experiment=experiment)
 
     @staticmethod
     def associated_class() -> Type[Algorithm]:

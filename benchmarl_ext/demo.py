@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from benchmarl_ext import CONFIG_PACKAGE
-from magpo import didactic
+from magpo import LossOptions, didactic
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -29,15 +29,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
     means = {}
     for method, loss in cfg.methods.items():
         finals = []
+        fields = dict(loss)
+        entropy_coeff = fields.pop("entropy_coeff")
+        options = LossOptions(**fields)
         for seed in range(cfg.seeds):
             history = didactic.train(
-                iterations=cfg.iterations, seed=seed, batch=cfg.batch, epochs=cfg.epochs, lr=cfg.lr, **loss
+                options, iterations=cfg.iterations, seed=seed, batch=cfg.batch, epochs=cfg.epochs, lr=cfg.lr,
+                entropy_coeff=entropy_coeff,
             )
             guider_success, learner_success = history[-1]
             finals.append(learner_success)
             print(f"  {method:6s} seed {seed}: guider {guider_success:.3f}  learner {learner_success:.3f}")
         means[method] = sum(finals) / len(finals)
-        print(f"{method:6s} (delta {loss.delta}, lambda {loss.aux_coef}): mean learner success {means[method]:.3f}")
+        print(f"{method:6s} (delta {options.delta}, lambda {options.aux_coef}): mean learner success {means[method]:.3f}")
     return means
 
 

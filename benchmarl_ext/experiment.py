@@ -1,5 +1,5 @@
 """``MagpoExperiment``: BenchMARL's Experiment with the evaluation, checkpoint and backtracking
-behaviour MAGPO needs (DESIGN.md section 3).
+behaviour MAGPO needs (docs/design.md, "BenchMARL").
 
 * Evaluation: BenchMARL evaluates ``experiment.policy``, the collection policy. For MAGPO that
   is the guider, so here every ``eval/...`` number comes from the decentralized learners (each
@@ -49,7 +49,14 @@ def episode_returns(rollouts: List[TensorDictBase], group: str) -> torch.Tensor:
 
 
 class MagpoExperiment(Experiment):
-    """A BenchMARL ``Experiment`` that any algorithm can use; MAGPO requires it."""
+    """A BenchMARL ``Experiment`` that any algorithm can use; MAGPO requires it.
+
+    To compose its configuration with Hydra from Python (``magpo``/``ctds`` algorithms,
+    ``coordsum/*`` tasks), call :func:`benchmarl_ext.registration.register` first; the
+    ``benchmarl`` command does.
+    """
+
+    evaluates_learner = True  # what Magpo checks: eval/... comes from the decentralized learner
 
     def __init__(self, *args, callbacks=None, **kwargs):
         callbacks = list(callbacks or [])
@@ -142,12 +149,3 @@ class MagpoExperiment(Experiment):
         finally:
             partial.unlink(missing_ok=True)
         self._checkpointed_files.append(checkpoint)
-
-
-def _register_on_import() -> None:
-    from benchmarl_ext.registration import register
-
-    register()
-
-
-_register_on_import()

@@ -18,7 +18,8 @@ ALGORITHMS = {"magpo": MagpoConfig, "ctds": CtdsConfig}
 
 @functools.cache
 def register() -> None:
-    """Idempotent; called by the ``benchmarl`` command and on importing :mod:`benchmarl_ext.experiment`."""
+    """Idempotent; called by the ``benchmarl`` command, and by Python code before it composes a
+    configuration that names ``magpo``, ``ctds`` or a ``coordsum`` task."""
     store = ConfigStore.instance()
     for name, config in ALGORITHMS.items():
         algorithm_config_registry[name] = config

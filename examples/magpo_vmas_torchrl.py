@@ -1,6 +1,6 @@
 """MAGPO on a VMAS scenario with plain TorchRL: a collector, MAGPOLoss, three optimizers.
 
-No BenchMARL or Hydra: the guider is ``magpo.guiders.TransformerGuider``, the learner and the
+No BenchMARL or Hydra: the guider is a ``magpo.guiders.TransformerGuider`` built by ``make_guider``, the learner and the
 centralized critic are TorchRL ``MultiAgentMLP``s. Collection uses the guider (agent after
 agent); the printed evaluation return is the decentralized learner's.
 
@@ -13,17 +13,17 @@ from __future__ import annotations
 import argparse
 
 import torch
-from tensordict.nn import NormalParamExtractor, ProbabilisticTensorDictModule, TensorDictModule
+from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
 from torchrl.collectors import SyncDataCollector
-from torchrl.data import LazyTensorStorage, SamplerWithoutReplacement, TensorDictReplayBuffer
+from torchrl.data import Composite, LazyTensorStorage, SamplerWithoutReplacement, TensorDictReplayBuffer
 from torchrl.envs import RewardSum, TransformedEnv
 from torchrl.envs.libs.vmas import VmasEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MultiAgentMLP, ProbabilisticActor, TanhNormal
 
-from magpo import MAGPOLoss
-from magpo.guiders import TransformerGuider, make_guider_policies
+from magpo import LossOptions, MAGPOLoss
+from magpo.guiders import make_guider
 
 GROUP = "agents"
 
@@ -51,19 +51,10 @@ def make_modules(env, hidden: int, device: str):
         spec=action_spec, in_keys=[(GROUP, "loc"), (GROUP, "scale")], out_keys=[env.action_key],
         distribution_class=TanhNormal, distribution_kwargs=bounds, return_log_prob=True, log_prob_key=(GROUP, "log_prob"),
     )
-    core = TransformerGuider(
-        [(GROUP, "observation")], None, obs_dim, None, n_agents, action_dim, discrete=False,
-        param_dim=2 * action_dim, embed_dim=64, num_heads=4,
-    ).to(device)
-    extractor = TensorDictModule(NormalParamExtractor(), [(GROUP, "guider_params")], [(GROUP, "guider_loc"), (GROUP, "guider_scale")])
-    distribution = ProbabilisticTensorDictModule(
-        in_keys={"loc": (GROUP, "guider_loc"), "scale": (GROUP, "guider_scale")}, out_keys=[env.action_key],
-        distribution_class=TanhNormal, distribution_kwargs=bounds, return_log_prob=True, log_prob_key=(GROUP, "log_prob"),
-    )
-    guider, guider_collect = make_guider_policies(
-        core, [extractor], distribution, group=GROUP, params_key=(GROUP, "guider_params"),
-        order_key=(GROUP, "agent_order"), agent_order="random", action_shape=action_spec.shape[-2:],  # [agents, D]
-        action_dtype=action_spec.dtype,
+    _, guider, guider_collect = make_guider(
+        "transformer", group=GROUP, continuous=True, width=64, heads=4, device=device,
+        observation_spec=Composite(observation=env.full_observation_spec_unbatched[GROUP, "observation"], shape=(n_agents,)),
+        action_spec=env.full_action_spec_unbatched[env.action_key],
     )
     critic = TensorDictModule(
         MultiAgentMLP(obs_dim, 1, n_agents, centralised=True, share_params=True, device=device, depth=2,
@@ -92,8 +83,8 @@ def main(argv=None) -> list[tuple[int, float]]:
     parser.add_argument("--minibatch", type=int, default=750)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--delta", type=float, default=1.5)
-    parser.add_argument("--aux-coef", type=float, default=1.0)
+    parser.add_argument("--delta", type=float, default=LossOptions.delta)
+    parser.add_argument("--aux-coef", type=float, default=LossOptions.aux_coef)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -107,7 +98,11 @@ def main(argv=None) -> list[tuple[int, float]]:
     env = make_env(args.scenario, args.n_envs, args.max_steps, args.device, args.seed)
     eval_env = make_env(args.scenario, 8, args.max_steps, args.device, args.seed + 1)
     guider, guider_collect, learner, critic = make_modules(env, args.hidden, args.device)
-    loss = MAGPOLoss(guider, learner, critic, delta=args.delta, aux_coef=args.aux_coef, clip_epsilon=0.2, entropy_coeff=0.01)
+    try:
+        options = LossOptions(delta=args.delta, aux_coef=args.aux_coef)
+    except (TypeError, ValueError) as err:
+        parser.error(f"--{str(err).replace('_', '-', 1)}")  # LossOptions names the field first
+    loss = MAGPOLoss(guider, learner, critic, options, entropy_coeff=0.01)
     loss.set_keys(
         reward=(GROUP, "reward"), action=env.action_key, sample_log_prob=(GROUP, "log_prob"), value=(GROUP, "state_value"),
         done=(GROUP, "done"), terminated=(GROUP, "terminated"),

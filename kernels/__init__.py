@@ -7,7 +7,7 @@ TorchRL or BenchMARL.
     >>> logits = torch.randn(8, 3, 5)  # [time, agents, actions]
     >>> terms = kernels.magpo_loss_categorical(
     ...     logits, logits + 0.1, torch.randint(5, (8, 3)), torch.full((8, 3), -1.6), torch.randn(8, 3),
-    ...     delta=1.5, clip_epsilon=0.2, aux_coef=1.0)
+    ...     kernels.LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0))
     >>> terms.loss_guider.shape
     torch.Size([])
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 
-from kernels.api import BACKENDS, LEARNER_KL_DIRECTIONS, magpo_loss_categorical, magpo_loss_normal
+from kernels.api import BACKENDS, LEARNER_KL_DIRECTIONS, LossOptions, magpo_loss_categorical, magpo_loss_normal
 from kernels.reference import MAGPOLossTerms
 
 
@@ -30,6 +30,7 @@ def triton_available() -> bool:
 __all__ = [
     "BACKENDS",
     "LEARNER_KL_DIRECTIONS",
+    "LossOptions",
     "MAGPOLossTerms",
     "magpo_loss_categorical",
     "magpo_loss_normal",

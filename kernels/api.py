@@ -1,13 +1,15 @@
 """The MAGPO loss contract: argument checks and backend dispatch.
 
-Both entry points validate every argument before any computation (ValueError / TypeError naming
-the argument), then run the chosen backend. The math itself is in :mod:`kernels.reference`.
+Both entry points take the hyperparameters as one :class:`LossOptions` (validated when it was
+built), check every tensor before any computation (ValueError / TypeError naming the argument),
+then run the chosen backend. The math itself is in :mod:`kernels.reference`.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -19,25 +21,55 @@ BACKENDS = ("auto", "reference", "triton")
 LEARNER_KL_DIRECTIONS = ("forward", "reverse")
 
 
-def check_loss_options(delta, clip_epsilon, aux_coef, learner_kl, backend) -> None:
-    """Validate the loss hyperparameters; raises TypeError/ValueError naming the argument."""
+@dataclass(frozen=True)
+class LossOptions:
+    """The MAGPO loss hyperparameters, validated once on construction and carried unchanged from
+    the configuration to the kernel. Every default of the package lives here.
 
-    def real(name, value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
-            raise TypeError(f"{name} must be a real number, got {value!r}")
-        return float(value)
+    Attributes:
+        delta: guider/learner ratio bound, > 1; ``float("inf")`` switches off the double clip
+            and the mask (the CTDS guider).
+        clip_epsilon: PPO clip, in (0, 1).
+        aux_coef: lambda, weight of the learner's PPO term, finite and >= 0 (0: pure
+            distillation, the CTDS learner).
+        learner_kl: ``"forward"`` = KL(guider || learner) (the authors' code), ``"reverse"`` =
+            KL(learner || guider) (paper Eq. 10).
+        backend: ``"auto"`` (Triton on CUDA tensors when available, else the reference),
+            ``"reference"`` or ``"triton"``.
 
-    if not real("delta", delta) > 1.0:
-        raise ValueError(f"delta must be > 1 (float('inf') disables the double clip), got {delta}")
-    if not 0.0 < real("clip_epsilon", clip_epsilon) < 1.0:
-        raise ValueError(f"clip_epsilon must be in (0, 1), got {clip_epsilon}")
-    aux = real("aux_coef", aux_coef)
-    if not (aux >= 0.0 and math.isfinite(aux)):
-        raise ValueError(f"aux_coef must be finite and >= 0, got {aux_coef}")
-    if learner_kl not in LEARNER_KL_DIRECTIONS:
-        raise ValueError(f"learner_kl must be one of {LEARNER_KL_DIRECTIONS}, got {learner_kl!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    Invalid values raise TypeError/ValueError whose message starts with the field's name.
+    """
+
+    delta: float = 1.5
+    clip_epsilon: float = 0.2
+    aux_coef: float = 1.0
+    learner_kl: str = "forward"
+    backend: str = "auto"
+
+    def __post_init__(self):
+        def real(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+                raise TypeError(f"{name} must be a real number, got {value!r}")
+            object.__setattr__(self, name, float(value))  # frozen: plain floats from here on
+            return float(value)
+
+        if not real("delta") > 1.0:
+            raise ValueError(f"delta must be > 1 (inf disables the double clip), got {self.delta}")
+        if not 0.0 < real("clip_epsilon") < 1.0:
+            raise ValueError(f"clip_epsilon must be in (0, 1), got {self.clip_epsilon}")
+        aux = real("aux_coef")
+        if not (aux >= 0.0 and math.isfinite(aux)):
+            raise ValueError(f"aux_coef must be finite and >= 0, got {self.aux_coef}")
+        if self.learner_kl not in LEARNER_KL_DIRECTIONS:
+            raise ValueError(f"learner_kl must be one of {LEARNER_KL_DIRECTIONS}, got {self.learner_kl!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+
+def _check_options(options) -> None:
+    if not isinstance(options, LossOptions):
+        raise TypeError(f"options must be a kernels.LossOptions, got {type(options).__name__}")
 
 
 def _check_tensor(name: str, value, *, floating: bool | None = None) -> Tensor:
@@ -78,13 +110,9 @@ def magpo_loss_categorical(
     action: Tensor,
     behavior_log_prob: Tensor,
     advantage: Tensor,
+    options: LossOptions,
     *,
-    delta: float,
-    clip_epsilon: float,
-    aux_coef: float,
-    learner_kl: str = "forward",
     action_mask: Tensor | None = None,
-    backend: str = "auto",
 ) -> MAGPOLossTerms:
     """MAGPO guider and learner losses for categorical policies (paper Eq. 8-11).
 
@@ -95,24 +123,17 @@ def magpo_loss_categorical(
         action: ``[...]`` integer, the taken action of each row.
         behavior_log_prob: ``[...]`` float, log mu_old(action) stored at collection.
         advantage: ``[...]`` float, already normalised if wanted.
-        delta: guider/learner ratio bound, > 1; ``float("inf")`` switches off the double clip
-            and the mask (the CTDS baseline).
-        clip_epsilon: PPO clip, in (0, 1).
-        aux_coef: lambda, weight of the learner's PPO term, >= 0.
-        learner_kl: ``"forward"`` = KL(guider || learner) (authors' code), ``"reverse"`` =
-            KL(learner || guider) (paper Eq. 10).
+        options: the hyperparameters and the backend (:class:`LossOptions`).
         action_mask: optional ``[..., A]`` bool, True for allowed actions. Masked actions get
             probability 0 under both policies. A row whose taken action is masked has no
             finite loss (the loss modules report it).
-        backend: ``"auto"`` (Triton on CUDA tensors when available, else the reference),
-            ``"reference"`` or ``"triton"``.
 
     Returns:
         :class:`MAGPOLossTerms` of scalar means over all rows. ``loss_guider`` is
         differentiable w.r.t. the guider logits only, ``loss_learner`` w.r.t. the learner
         logits only, ``guider_entropy`` w.r.t. the guider logits; the rest are detached.
     """
-    check_loss_options(delta, clip_epsilon, aux_coef, learner_kl, backend)
+    _check_options(options)
     _check_tensor("guider_logits", guider_logits, floating=True)
     _check_tensor("learner_logits", learner_logits, floating=True)
     _check_tensor("action", action, floating=False)
@@ -142,16 +163,11 @@ def magpo_loss_categorical(
             action_mask=action_mask,
         )
     )
-    options = dict(delta=float(delta), clip_epsilon=float(clip_epsilon), aux_coef=float(aux_coef), learner_kl=learner_kl)
-    if _resolve_backend(backend, device) == "triton":
+    if _resolve_backend(options.backend, device) == "triton":
         from kernels.magpo_categorical import triton_categorical
 
-        return triton_categorical(
-            guider_logits, learner_logits, action, behavior_log_prob, advantage, action_mask=action_mask, **options
-        )
-    return reference.categorical_terms(
-        guider_logits, learner_logits, action, behavior_log_prob, advantage, action_mask=action_mask, **options
-    )
+        return triton_categorical(guider_logits, learner_logits, action, behavior_log_prob, advantage, options, action_mask)
+    return reference.categorical_terms(guider_logits, learner_logits, action, behavior_log_prob, advantage, options, action_mask)
 
 
 def magpo_loss_normal(
@@ -162,12 +178,7 @@ def magpo_loss_normal(
     action: Tensor,
     behavior_log_prob: Tensor,
     advantage: Tensor,
-    *,
-    delta: float,
-    clip_epsilon: float,
-    aux_coef: float,
-    learner_kl: str = "forward",
-    backend: str = "auto",
+    options: LossOptions,
 ) -> MAGPOLossTerms:
     """MAGPO guider and learner losses for diagonal Normal policies (paper Eq. 8-11).
 
@@ -176,12 +187,12 @@ def magpo_loss_normal(
         action: ``[..., D]`` float, in the Normal's own space (pre-tanh for a TanhNormal).
         behavior_log_prob: ``[...]`` float, log mu_old(action) of the Normal, summed over D.
         advantage: ``[...]`` float.
-        delta, clip_epsilon, aux_coef, learner_kl, backend: as in :func:`magpo_loss_categorical`.
+        options: as in :func:`magpo_loss_categorical`.
 
     Returns:
         :class:`MAGPOLossTerms`; log-probs, KLs and entropies sum over the D action dims.
     """
-    check_loss_options(delta, clip_epsilon, aux_coef, learner_kl, backend)
+    _check_options(options)
     named = dict(
         guider_loc=guider_loc,
         guider_scale=guider_scale,
@@ -203,13 +214,9 @@ def magpo_loss_normal(
     _check_shape("behavior_log_prob", behavior_log_prob, rows_shape, "guider_loc's leading dims")
     _check_shape("advantage", advantage, rows_shape, "guider_loc's leading dims")
     device = _check_same_device(named)
-    options = dict(delta=float(delta), clip_epsilon=float(clip_epsilon), aux_coef=float(aux_coef), learner_kl=learner_kl)
-    if _resolve_backend(backend, device) == "triton":
+    args = (guider_loc, guider_scale, learner_loc, learner_scale, action, behavior_log_prob, advantage, options)
+    if _resolve_backend(options.backend, device) == "triton":
         from kernels.magpo_normal import triton_normal
 
-        return triton_normal(
-            guider_loc, guider_scale, learner_loc, learner_scale, action, behavior_log_prob, advantage, **options
-        )
-    return reference.normal_terms(
-        guider_loc, guider_scale, learner_loc, learner_scale, action, behavior_log_prob, advantage, **options
-    )
+        return triton_normal(*args)
+    return reference.normal_terms(*args)

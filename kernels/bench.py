@@ -26,6 +26,7 @@ device name, versions and date, and drawn into ``--png``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import datetime
 import platform
@@ -41,7 +42,7 @@ from kernels import reference
 PROVIDERS = ("eager", "compile", "triton")
 MODES = ("forward", "backward", "full")
 DEFAULT_SIZES = {"categorical": (2, 4, 16, 64), "normal": (1, 4, 16)}
-OPTIONS = dict(delta=1.5, clip_epsilon=0.2, aux_coef=1.0, learner_kl="forward")
+OPTIONS = kernels.LossOptions()  # the package defaults
 CSV_KEY = ("device", "provider", "family", "mode", "rows", "size", "dtype")
 CSV_FIELDS = CSV_KEY + (
     "p20_ms", "p50_ms", "p80_ms", "min_bytes", "effective_gbps", "copy_gbps", "fraction_of_copy",
@@ -81,12 +82,9 @@ def loss_function(family: str, provider: str):
     """A callable (differentiable, data) -> MAGPOLossTerms for one provider."""
     if provider == "triton":
         entry = kernels.magpo_loss_categorical if family == "categorical" else kernels.magpo_loss_normal
-        return lambda diff, data: entry(*diff, *data, backend="triton", **OPTIONS)
+        return lambda diff, data: entry(*diff, *data, dataclasses.replace(OPTIONS, backend="triton"))
     ref = reference.categorical_terms if family == "categorical" else reference.normal_terms
-    if family == "categorical":
-        fn = lambda diff, data: ref(*diff, *data, action_mask=None, **OPTIONS)  # noqa: E731
-    else:
-        fn = lambda diff, data: ref(*diff, *data, **OPTIONS)  # noqa: E731
+    fn = lambda diff, data: ref(*diff, *data, OPTIONS)  # noqa: E731
     return torch.compile(fn) if provider == "compile" else fn
 
 

@@ -212,8 +212,7 @@ class MAGPOCategoricalFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, guider_logits, learner_logits, action, behavior_log_prob, advantage, action_mask,
-                delta, clip_epsilon, aux_coef, reverse_kl):
+    def forward(ctx, guider_logits, learner_logits, action, behavior_log_prob, advantage, action_mask, options):
         num_actions = guider_logits.shape[-1]
         g = as_rows(guider_logits, num_actions)
         l = as_rows(learner_logits, num_actions)
@@ -239,12 +238,12 @@ class MAGPOCategoricalFunction(torch.autograd.Function):
             g.stride(0), g.stride(1), l.stride(0), l.stride(1),
             a.stride(0), b.stride(0), adv.stride(0),
             0 if m is None else m.stride(0), 0 if m is None else m.stride(1),
-            LOG_DELTA=log_delta(delta), CLIP_EPSILON=clip_epsilon, AUX_COEF=aux_coef, REVERSE_KL=reverse_kl,
-            HAS_MASK=m is not None, GUIDER_GRAD=guider_grad, LEARNER_GRAD=learner_grad,
+            LOG_DELTA=log_delta(options.delta), CLIP_EPSILON=options.clip_epsilon, AUX_COEF=options.aux_coef,
+            REVERSE_KL=options.learner_kl == "reverse", HAS_MASK=m is not None, GUIDER_GRAD=guider_grad, LEARNER_GRAD=learner_grad,
             BLOCK_R=block_r, BLOCK_A=block_a,
         )
         loss_dtype = compute_dtype(guider_logits, learner_logits, behavior_log_prob, advantage)
-        outputs = finish_terms(partials, num_rows, aux_coef, loss_dtype)
+        outputs = finish_terms(partials, num_rows, options.aux_coef, loss_dtype)
         ctx.mark_non_differentiable(*outputs[2:9])
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(grad_g, grad_e, grad_l)
@@ -262,15 +261,14 @@ class MAGPOCategoricalFunction(torch.autograd.Function):
             d_guider = scale_add(grad_g, d_loss_guider, grad_e, d_entropy, guider_like, ctx.num_rows)
         if ctx.needs_input_grad[1]:
             d_learner = scale_add(grad_l, d_loss_learner, None, None, learner_like, ctx.num_rows)
-        return d_guider, d_learner, None, None, None, None, None, None, None, None
+        return d_guider, d_learner, None, None, None, None, None
 
 
-def triton_categorical(guider_logits, learner_logits, action, behavior_log_prob, advantage, *,
-                       delta, clip_epsilon, aux_coef, learner_kl, action_mask=None) -> MAGPOLossTerms:
+def triton_categorical(guider_logits, learner_logits, action, behavior_log_prob, advantage, options,
+                       action_mask=None) -> MAGPOLossTerms:
     """The Triton backend of :func:`kernels.magpo_loss_categorical` (inputs already checked)."""
     check_triton_device(guider_logits)
     outputs = MAGPOCategoricalFunction.apply(
-        guider_logits, learner_logits, action, behavior_log_prob.detach(), advantage.detach(), action_mask,
-        delta, clip_epsilon, aux_coef, learner_kl == "reverse",
+        guider_logits, learner_logits, action, behavior_log_prob.detach(), advantage.detach(), action_mask, options
     )
     return MAGPOLossTerms(*outputs)

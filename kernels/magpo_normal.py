@@ -6,7 +6,7 @@ taken action, both KLs and the guider's entropy (summed over D), applies the row
 Eq. 8-11 (:func:`kernels.triton_common.magpo_row_math`), writes per-program sums of the eight
 statistics and, when gradients are needed, the fp32 per-row gradients (not yet divided by the
 row count) that ``backward`` scales by the incoming gradients. TanhNormal policies use this on
-the underlying Normal (the tanh Jacobian cancels; see DESIGN.md section 2).
+the underlying Normal (the tanh Jacobian cancels; see docs/design.md, "TanhNormal").
 
 Per dim, with z = (x - loc) / scale, c = d surrogate / d log-prob, m the out-of-band mask:
     d log N / d loc = z / scale,     d log N / d scale = (z^2 - 1) / scale
@@ -126,8 +126,7 @@ class MAGPONormalFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, guider_loc, guider_scale, learner_loc, learner_scale, action, behavior_log_prob, advantage,
-                delta, clip_epsilon, aux_coef, reverse_kl):
+    def forward(ctx, guider_loc, guider_scale, learner_loc, learner_scale, action, behavior_log_prob, advantage, options):
         dim = guider_loc.shape[-1]
         gm, gs, lm, ls, x = (as_rows(t, dim) for t in (guider_loc, guider_scale, learner_loc, learner_scale, action))
         b, adv = as_rows(behavior_log_prob, None), as_rows(advantage, None)
@@ -148,12 +147,13 @@ class MAGPONormalFunction(torch.autograd.Function):
             num_rows, dim,
             gm.stride(0), gm.stride(1), gs.stride(0), gs.stride(1), lm.stride(0), lm.stride(1),
             ls.stride(0), ls.stride(1), x.stride(0), x.stride(1), b.stride(0), adv.stride(0),
-            LOG_DELTA=log_delta(delta), CLIP_EPSILON=clip_epsilon, AUX_COEF=aux_coef, REVERSE_KL=reverse_kl,
+            LOG_DELTA=log_delta(options.delta), CLIP_EPSILON=options.clip_epsilon, AUX_COEF=options.aux_coef,
+            REVERSE_KL=options.learner_kl == "reverse",
             HALF_LOG_2PI=HALF_LOG_2PI, GUIDER_GRAD=guider_grad, LEARNER_GRAD=learner_grad,
             BLOCK_R=block_r, BLOCK_D=block_d,
         )
         loss_dtype = compute_dtype(guider_loc, guider_scale, learner_loc, learner_scale, behavior_log_prob, advantage)
-        outputs = finish_terms(partials, num_rows, aux_coef, loss_dtype)
+        outputs = finish_terms(partials, num_rows, options.aux_coef, loss_dtype)
         ctx.mark_non_differentiable(*outputs[2:9])
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(g_loc_grad, g_scale_grad, entropy_grad, l_loc_grad, l_scale_grad)
@@ -176,11 +176,11 @@ class MAGPONormalFunction(torch.autograd.Function):
             grads[2] = scale_add(l_loc_grad, d_loss_learner, None, None, l_loc_like, n)
         if ctx.needs_input_grad[3]:
             grads[3] = scale_add(l_scale_grad, d_loss_learner, None, None, l_scale_like, n)
-        return (*grads, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None)
 
 
-def triton_normal(guider_loc, guider_scale, learner_loc, learner_scale, action, behavior_log_prob, advantage, *,
-                  delta, clip_epsilon, aux_coef, learner_kl) -> MAGPOLossTerms:
+def triton_normal(guider_loc, guider_scale, learner_loc, learner_scale, action, behavior_log_prob, advantage,
+                  options) -> MAGPOLossTerms:
     """The Triton backend of :func:`kernels.magpo_loss_normal` (inputs already checked)."""
     check_triton_device(guider_loc)
     dim = guider_loc.shape[-1]
@@ -188,6 +188,6 @@ def triton_normal(guider_loc, guider_scale, learner_loc, learner_scale, action, 
         raise ValueError(f"backend='triton' supports action dims D <= {MAX_ACTION_DIM}, got D={dim}; use backend='reference'")
     outputs = MAGPONormalFunction.apply(
         guider_loc, guider_scale, learner_loc, learner_scale, action.detach(), behavior_log_prob.detach(),
-        advantage.detach(), delta, clip_epsilon, aux_coef, learner_kl == "reverse",
+        advantage.detach(), options,
     )
     return MAGPOLossTerms(*outputs)

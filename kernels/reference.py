@@ -20,10 +20,13 @@ Input validation lives in :mod:`kernels.api`; these functions assume checked inp
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # api imports this module; the options only pass through here
+    from kernels.api import LossOptions
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -76,10 +79,7 @@ def _magpo_terms(
     guider_kl_rows: Tensor,
     learner_kl_rows: Tensor,
     guider_entropy_rows: Tensor,
-    *,
-    delta: float,
-    clip_epsilon: float,
-    aux_coef: float,
+    options: LossOptions,
 ) -> MAGPOLossTerms:
     """Eq. 8-11 of the paper on per-row scalars (all of shape ``[rows]``).
 
@@ -89,7 +89,8 @@ def _magpo_terms(
     """
     behavior_log_prob = behavior_log_prob.detach()
     advantage = advantage.detach()
-    log_delta = math.log(delta)  # +inf when delta is inf: no clip, mask never on (CTDS)
+    clip_epsilon, aux_coef = options.clip_epsilon, options.aux_coef
+    log_delta = math.log(options.delta)  # +inf when delta is inf: no clip, mask never on (CTDS)
 
     # ---- Guider (Eq. 8-9): PPO with a double-clipped ratio; the learner is a constant here.
     learner_const = learner_log_prob.detach()
@@ -154,12 +155,8 @@ def categorical_terms(
     action: Tensor,
     behavior_log_prob: Tensor,
     advantage: Tensor,
-    *,
-    delta: float,
-    clip_epsilon: float,
-    aux_coef: float,
-    learner_kl: str,
-    action_mask: Tensor | None,
+    options: LossOptions,
+    action_mask: Tensor | None = None,
 ) -> MAGPOLossTerms:
     """MAGPO terms for categorical policies. Shapes: logits ``[..., A]``, action ``[...]``.
 
@@ -183,7 +180,7 @@ def categorical_terms(
 
     guider_const, learner_const = guider_log_probs.detach(), learner_log_probs.detach()
     guider_kl_rows = _categorical_kl(guider_log_probs, learner_const)
-    if learner_kl == "forward":  # KL(sg(guider) || learner): the authors' code
+    if options.learner_kl == "forward":  # KL(sg(guider) || learner): the authors' code
         learner_kl_rows = _categorical_kl(guider_const, learner_log_probs)
     else:  # KL(learner || sg(guider)): paper Eq. 10
         learner_kl_rows = _categorical_kl(learner_log_probs, guider_const)
@@ -197,9 +194,7 @@ def categorical_terms(
         guider_kl_rows,
         learner_kl_rows,
         guider_entropy_rows,
-        delta=delta,
-        clip_epsilon=clip_epsilon,
-        aux_coef=aux_coef,
+        options,
     )
 
 
@@ -231,16 +226,12 @@ def normal_terms(
     action: Tensor,
     behavior_log_prob: Tensor,
     advantage: Tensor,
-    *,
-    delta: float,
-    clip_epsilon: float,
-    aux_coef: float,
-    learner_kl: str,
+    options: LossOptions,
 ) -> MAGPOLossTerms:
     """MAGPO terms for diagonal Normal policies. Shapes: loc/scale/action ``[..., D]``.
 
     For TanhNormal policies pass the pre-tanh action and the behaviour log-prob of the
-    underlying Normal: the tanh Jacobian cancels in every ratio and KL (DESIGN.md section 2).
+    underlying Normal: the tanh Jacobian cancels in every ratio and KL (docs/design.md, "TanhNormal").
     """
     dtype = compute_dtype(guider_loc, guider_scale, learner_loc, learner_scale, behavior_log_prob, advantage)
     dim = guider_loc.shape[-1]
@@ -253,7 +244,7 @@ def normal_terms(
 
     g_loc_c, g_scale_c, l_loc_c, l_scale_c = (t.detach() for t in (g_loc, g_scale, l_loc, l_scale))
     guider_kl_rows = _normal_kl(g_loc, g_scale, l_loc_c, l_scale_c)
-    if learner_kl == "forward":
+    if options.learner_kl == "forward":
         learner_kl_rows = _normal_kl(g_loc_c, g_scale_c, l_loc, l_scale)
     else:
         learner_kl_rows = _normal_kl(l_loc, l_scale, g_loc_c, g_scale_c)
@@ -267,7 +258,5 @@ def normal_terms(
         guider_kl_rows,
         learner_kl_rows,
         guider_entropy_rows,
-        delta=delta,
-        clip_epsilon=clip_epsilon,
-        aux_coef=aux_coef,
+        options,
     )

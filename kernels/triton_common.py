@@ -18,17 +18,10 @@ import triton.language as tl
 
 from kernels.reference import MAGPOLossTerms
 
-# Per-row statistics each kernel sums per program, in this order (columns of ``partials``).
-STATS = (
-    "guider_objective",
-    "guider_kl",
-    "learner_kl",
-    "learner_objective",
-    "mask_fraction",
-    "guider_clip_fraction",
-    "learner_clip_fraction",
-    "guider_entropy",
-)
+# Per-row statistics each kernel sums per program: the contract's fields after the two losses,
+# in their order (store_partials writes its arguments as columns in this order; finish_terms
+# reads them back by name).
+STATS = MAGPOLossTerms._fields[2:]
 NUM_STATS = len(STATS)
 
 
@@ -64,7 +57,7 @@ def finish_terms(partials: torch.Tensor, num_rows: int, aux_coef: float, loss_dt
     return (
         stat["guider_objective"] + stat["guider_kl"],
         stat["learner_kl"] + aux_coef * stat["learner_objective"],
-        *(stat[name] for name in MAGPOLossTerms._fields[2:]),
+        *stat.values(),
     )
 
 
@@ -100,7 +93,7 @@ def store_partials(
     guider_surrogate, masked_kl, learner_kl, learner_surrogate, out_of_band, guider_clipped, learner_clipped, entropy,
 ):
     """Write this program's sums of the STATS (rows outside the tensor count 0)."""
-    base = partial_ptr + pid.to(tl.int64) * 8
+    base = partial_ptr + pid.to(tl.int64) * 8  # len(STATS)
     tl.store(base + 0, tl.sum(tl.where(row_ok, guider_surrogate, 0.0), axis=0))
     tl.store(base + 1, tl.sum(tl.where(row_ok, masked_kl, 0.0), axis=0))
     tl.store(base + 2, tl.sum(tl.where(row_ok, learner_kl, 0.0), axis=0))

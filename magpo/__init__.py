@@ -3,6 +3,6 @@
 Imports torch, tensordict, torchrl and :mod:`kernels`; never BenchMARL or Hydra.
 """
 
-from magpo.losses import GuiderClipLoss, LearnerKLPPOLoss, MAGPOLoss, NonFiniteLossError
+from magpo.losses import GuiderClipLoss, LearnerKLPPOLoss, LossOptions, MAGPOLoss, NonFiniteLossError
 
-__all__ = ["GuiderClipLoss", "LearnerKLPPOLoss", "MAGPOLoss", "NonFiniteLossError"]
+__all__ = ["GuiderClipLoss", "LearnerKLPPOLoss", "LossOptions", "MAGPOLoss", "NonFiniteLossError"]

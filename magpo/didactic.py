@@ -5,7 +5,7 @@ Three agents each pick an integer in 0..4; the team succeeds (reward 1) only whe
 the learners are independent per-agent tables. Success probabilities are exact (enumerated
 over the 125 joint actions), so the printed numbers carry no sampling noise.
 
-``train(delta, aux_coef, iterations, seed)`` runs one training and returns the exact success
+``train(options, iterations, seed)`` runs one training and returns the exact success
 of the guider and of the learner after every iteration; ``python -m benchmarl_ext.demo`` is
 the command around it.
 """
@@ -19,7 +19,7 @@ from tensordict import TensorDict
 from tensordict.nn import ProbabilisticTensorDictModule, ProbabilisticTensorDictSequential, TensorDictModule
 from torch import nn
 
-from magpo.losses import MAGPOLoss
+from magpo.losses import LossOptions, MAGPOLoss
 
 AGENTS, ACTIONS, TARGET = 3, 5, 10
 JOINT = torch.tensor(list(itertools.product(range(ACTIONS), repeat=AGENTS)))  # [125, 3]
@@ -73,17 +73,14 @@ def success_probability(logits: torch.Tensor) -> float:
 
 
 def train(
-    delta: float,
-    aux_coef: float,
+    options: LossOptions,
     iterations: int,
     seed: int,
     *,
     batch: int = 256,
     epochs: int = 4,
     lr: float = 0.05,
-    clip_epsilon: float = 0.2,
     entropy_coeff: float = 0.01,
-    learner_kl: str = "forward",
 ) -> list[tuple[float, float]]:
     """Train one run; returns the exact success probability of (guider, learner) per iteration."""
     for name, value in (("iterations", iterations), ("batch", batch), ("epochs", epochs)):
@@ -97,16 +94,7 @@ def train(
     guider = _policy(TensorDictModule(table, [("agents", "action")], [("agents", "logits")]))
     learner = _policy(TensorDictModule(nn.Linear(AGENTS, ACTIONS, bias=False), [("agents", "observation")], [("agents", "logits")]))
     critic = TensorDictModule(nn.Linear(AGENTS, 1), [("agents", "observation")], [("agents", "state_value")])
-    loss = MAGPOLoss(
-        guider,
-        learner,
-        critic,
-        delta=delta,
-        aux_coef=aux_coef,
-        clip_epsilon=clip_epsilon,
-        entropy_coeff=entropy_coeff,
-        learner_kl=learner_kl,
-    )
+    loss = MAGPOLoss(guider, learner, critic, options, entropy_coeff=entropy_coeff)
     loss.set_keys(
         action=("agents", "action"),
         sample_log_prob=("agents", "log_prob"),
@@ -185,7 +173,7 @@ def distill_stochastic_teacher(iterations: int = 300, seed: int = 0, batch: int 
         behavior = teacher.log_softmax(-1).gather(-1, action[..., None]).squeeze(-1)
         terms = magpo_loss_categorical(
             teacher, students.expand(batch, -1, -1), action, behavior, torch.zeros(batch, AGENTS),
-            delta=float("inf"), clip_epsilon=0.2, aux_coef=0.0,
+            LossOptions(delta=float("inf"), aux_coef=0.0),
         )
         optimizer.zero_grad()
         terms.loss_learner.backward()

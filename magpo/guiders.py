@@ -30,19 +30,26 @@ Orders are ``[*B, n_agents]`` long tensors; ``order[..., k]`` is the agent that 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import (
+    NormalParamExtractor,
     ProbabilisticTensorDictModule,
     ProbabilisticTensorDictSequential,
+    TensorDictModule,
     TensorDictModuleBase,
 )
 from tensordict.utils import NestedKey
 from torch import nn
+from torch.distributions import Categorical
+from torchrl.data import Composite, TensorSpec
+from torchrl.modules import IndependentNormal, MaskedCategorical, TanhNormal
 
 AGENT_ORDERS = ("fixed", "random")
+GUIDER_KINDS = ("transformer", "anchored", "residual")
 
 
 def positions_of(order: torch.Tensor) -> torch.Tensor:
@@ -441,3 +448,105 @@ def make_guider_policies(
         teacher_forced, head, group, distribution.log_prob_key, agent_order, action_shape, action_dtype
     )
     return for_loss, for_collection
+
+
+def make_guider(
+    kind: str,
+    *,
+    group: str,
+    observation_spec: Composite,
+    action_spec: TensorSpec,
+    continuous: bool,
+    state_spec: Composite | None = None,
+    learner_module: TensorDictModuleBase | None = None,
+    width: int = 64,
+    heads: int = 4,
+    layers: int = 1,
+    agent_order: str = "random",
+    action_mask: bool = False,
+    scale_mapping: str = "biased_softplus_1.0",
+    tanh_normal: bool = True,
+    device: torch.device | str | None = None,
+):
+    """Build a guider of one agent group from its specs: core, distribution head, both policies.
+
+    Args:
+        kind: one of :data:`GUIDER_KINDS`.
+        group: the agent group; entries are read and written under it.
+        observation_spec: the group's unbatched observation entries, each ``[n_agents, ...]``;
+            every leaf is an input.
+        action_spec: the group's unbatched action spec, ``[n_agents]`` (discrete indices) or
+            ``[n_agents, D]`` (continuous).
+        continuous: Normal actions (TanhNormal bounded to the spec, or IndependentNormal) rather
+            than categorical ones.
+        state_spec: optional global state, one leaf ``[...]``.
+        learner_module: for ``anchored``/``residual``, the learner's module that writes its raw
+            distribution parameters to ``(group, "logits")`` (the anchored guider reads it live,
+            the residual guider copies it).
+        width: transformer embedding size, or the correction's hidden size.
+        heads, layers: transformer attention heads (dividing ``width``) and layers.
+        agent_order: ``"random"`` (a stored permutation per step) or ``"fixed"``.
+        action_mask: discrete actions read ``(group, "action_mask")``.
+        scale_mapping: Normal scale mapping of the parameter extractor (continuous).
+        tanh_normal: TanhNormal (True) or IndependentNormal (False) for continuous actions.
+        device: where the core's parameters live.
+
+    Returns:
+        ``(core, for_loss, for_collection)``: the network, the teacher-forced policy (the loss's
+        ``actor_network``; parameters in ``(group, "guider_logits")``) and the sampling policy
+        (writes ``(group, "action")``, ``(group, "log_prob")``, ``(group, "agent_order")``).
+    """
+    if kind not in GUIDER_KINDS:
+        raise ValueError(f"guider must be one of {GUIDER_KINDS}, got {kind!r}")
+    if kind != "transformer" and learner_module is None:
+        raise ValueError(f"the {kind} guider is built on the learner: pass learner_module")
+    n_agents = action_spec.shape[0]
+    observation_keys = [(group, *((k,) if isinstance(k, str) else k)) for k in observation_spec.keys(True, True)]
+    observation_dim = sum(math.prod(observation_spec[k[1:]].shape[1:]) for k in observation_keys)
+    state_key, state_dim = None, None
+    if state_spec is not None:
+        state_key = list(state_spec.keys(True, True))[0]
+        state_dim = math.prod(state_spec[state_key].shape)
+    action_size = action_spec.shape[-1] if continuous else action_spec.space.n
+    params_key = (group, "guider_logits")
+    common = dict(
+        observation_keys=observation_keys, state_key=state_key, observation_dim=observation_dim, state_dim=state_dim,
+        n_agents=n_agents, action_size=action_size, discrete=not continuous,
+        param_dim=2 * action_size if continuous else action_size,
+    )
+    if kind == "transformer":
+        core = TransformerGuider(**common, embed_dim=width, num_heads=heads, num_layers=layers)
+    else:
+        corrected = AnchoredGuider if kind == "anchored" else ResidualGuider
+        core = corrected(learner_module, (group, "logits"), **common, hidden_dim=width)
+    core = core.to(device)
+
+    if continuous:
+        head = [
+            TensorDictModule(
+                NormalParamExtractor(scale_mapping=scale_mapping), in_keys=[params_key],
+                out_keys=[(group, "guider_loc"), (group, "guider_scale")],
+            )
+        ]
+        distribution = ProbabilisticTensorDictModule(
+            in_keys={"loc": (group, "guider_loc"), "scale": (group, "guider_scale")},
+            out_keys=[(group, "action")],
+            distribution_class=TanhNormal if tanh_normal else IndependentNormal,
+            distribution_kwargs={"low": action_spec.space.low, "high": action_spec.space.high} if tanh_normal else {},
+            return_log_prob=True,
+            log_prob_key=(group, "log_prob"),
+        )
+    else:
+        head = []
+        distribution = ProbabilisticTensorDictModule(
+            in_keys={"logits": params_key, "mask": (group, "action_mask")} if action_mask else {"logits": params_key},
+            out_keys=[(group, "action")],
+            distribution_class=MaskedCategorical if action_mask else Categorical,
+            return_log_prob=True,
+            log_prob_key=(group, "log_prob"),
+        )
+    for_loss, for_collection = make_guider_policies(
+        core, head, distribution, group=group, params_key=params_key, order_key=(group, "agent_order"),
+        agent_order=agent_order, action_shape=action_spec.shape, action_dtype=action_spec.dtype,
+    )
+    return core, for_loss, for_collection

@@ -21,7 +21,6 @@ other, each with its own optimizer, as BenchMARL does.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -32,9 +31,14 @@ from torchrl.modules import MaskedCategorical
 from torchrl.objectives import PPOLoss
 
 import kernels
-from kernels.api import check_loss_options
+from kernels import LossOptions, MAGPOLossTerms
 
-__all__ = ["GuiderClipLoss", "LearnerKLPPOLoss", "MAGPOLoss", "NonFiniteLossError"]
+__all__ = ["GuiderClipLoss", "LearnerKLPPOLoss", "LossOptions", "MAGPOLoss", "NonFiniteLossError"]
+
+# The diagnostics of kernels.MAGPOLossTerms (its fields after the two losses), by the side they
+# describe: the guider's loss outputs the first, the learner's the second, MAGPOLoss both.
+GUIDER_DIAGNOSTICS = tuple(n for n in MAGPOLossTerms._fields[2:] if not n.startswith("learner_"))
+LEARNER_DIAGNOSTICS = tuple(n for n in MAGPOLossTerms._fields[2:] if n.startswith("learner_"))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,6 +87,7 @@ class _GuidedPPOLoss(PPOLoss):
     # Names of the loss_* and diagnostic entries this loss writes (set by subclasses).
     _losses: tuple[str, ...] = ()
     _diagnostics: tuple[str, ...] = ()
+    _needs_critic = False
 
     # convert_to_functional checks the class's own __annotations__ (not inherited), so
     # __init_subclass__ copies these into every subclass.
@@ -104,22 +109,21 @@ class _GuidedPPOLoss(PPOLoss):
         self,
         guider_network: ProbabilisticTensorDictSequential,
         learner_network: ProbabilisticTensorDictSequential,
-        critic_network: TensorDictModule | None,
+        critic_network: TensorDictModule | None = None,
+        options: LossOptions = LossOptions(),
         *,
-        delta: float,
-        clip_epsilon: float,
-        aux_coef: float,
-        learner_kl: str,
-        entropy_coeff: float,
-        critic_coeff: float | None,
-        loss_critic_type: str,
-        clip_value: float | None,
-        normalize_advantage: bool,
-        normalize_advantage_exclude_dims: Sequence[int],
-        check_finite: bool,
-        backend: str,
+        entropy_coeff: float = 0.01,
+        critic_coeff: float | None = None,
+        loss_critic_type: str = "l2",
+        clip_value: float | None = None,
+        normalize_advantage: bool = True,
+        normalize_advantage_exclude_dims: Sequence[int] = (),
+        check_finite: bool = True,
     ):
-        check_loss_options(delta, clip_epsilon, aux_coef, learner_kl, backend)
+        if not isinstance(options, LossOptions):
+            raise TypeError(f"options must be a magpo.LossOptions, got {type(options).__name__}")
+        if critic_network is None and self._needs_critic:
+            raise ValueError(f"{type(self).__name__} needs a critic_network (use GuiderClipLoss + LearnerKLPPOLoss without one)")
         if not isinstance(entropy_coeff, (int, float)) or isinstance(entropy_coeff, bool) or entropy_coeff < 0:
             raise ValueError(f"entropy_coeff must be a float >= 0, got {entropy_coeff!r}")
         if critic_network is None and critic_coeff:
@@ -140,12 +144,8 @@ class _GuidedPPOLoss(PPOLoss):
             clip_value=None if clip_value is None else float(clip_value),
         )
         self.convert_to_functional(learner_network, "learner_network")
-        self.delta = float(delta)
-        self.clip_epsilon = float(clip_epsilon)
-        self.aux_coef = float(aux_coef)
-        self.learner_kl = learner_kl
+        self.options = options
         self.check_finite = check_finite
-        self.backend = backend
 
     @property
     def guider_network(self) -> TensorDictModule:
@@ -232,22 +232,15 @@ class _GuidedPPOLoss(PPOLoss):
                 f"{type(self).__name__}: advantage {self.tensor_keys.advantage!r} of shape {tuple(advantage.shape)} "
                 f"does not broadcast to the policy's rows {tuple(rows)}"
             ) from err
-        options = dict(
-            delta=self.delta,
-            clip_epsilon=self.clip_epsilon,
-            aux_coef=self.aux_coef,
-            learner_kl=self.learner_kl,
-            backend=self.backend,
-        )
         if kind == "categorical":
             # g_second / l_second are the action masks of MaskedCategorical policies (or None)
             mask = g_second if l_second is None else (l_second if g_second is None else g_second & l_second)
             if mask is not None:
                 mask = mask.expand(g_first.shape)
-            return kernels.magpo_loss_categorical(g_first, l_first, action, behavior, advantage, action_mask=mask, **options)
+            return kernels.magpo_loss_categorical(g_first, l_first, action, behavior, advantage, self.options, action_mask=mask)
         return kernels.magpo_loss_normal(
             g_first, g_second.expand_as(g_first), l_first, l_second.expand_as(l_first), action, behavior, advantage,
-            **options,
+            self.options,
         )
 
     def _raise_if_not_finite(self, out: TensorDictBase) -> None:
@@ -296,17 +289,58 @@ class GuiderClipLoss(_GuidedPPOLoss):
     """The guider's loss (paper Eq. 8-9): double-clipped PPO, masked KL pull, entropy bonus.
 
     Outputs ``loss_guider`` (surrogate + masked KL(guider || sg(learner))), ``loss_entropy``
-    (``-entropy_coeff * H(guider)``), ``loss_critic`` when a critic is given, and the diagnostics
-    ``guider_objective``, ``guider_kl``, ``mask_fraction``, ``guider_clip_fraction``,
-    ``guider_entropy`` (and ``explained_variance``, ``value_clip_fraction``).
+    (``-entropy_coeff * H(guider)``), ``loss_critic`` when a critic is given, and the guider's
+    diagnostics (``guider_objective``, ``guider_kl``, ``mask_fraction``, ``guider_clip_fraction``,
+    ``guider_entropy``, and ``explained_variance``, ``value_clip_fraction``). The learner is a
+    constant here. Arguments as in :class:`MAGPOLoss`; the critic is optional (needed to
+    estimate a missing advantage and to train it with ``loss_critic``).
+    """
+
+    _losses = ("loss_guider", "loss_entropy", "loss_critic")
+    _diagnostics = GUIDER_DIAGNOSTICS
+
+
+class LearnerKLPPOLoss(_GuidedPPOLoss):
+    """The learner's loss (paper Eq. 10-11): imitation KL to the guider plus lambda x PPO.
+
+    Outputs ``loss_learner`` (KL + ``options.aux_coef`` * clipped PPO on ``pi_theta(a) /
+    mu_old(a)``) and the learner's diagnostics (``learner_kl``, ``learner_objective``,
+    ``learner_clip_fraction``). The guider is a constant here, and the critic (optional) only
+    estimates a missing advantage. Arguments as in :class:`MAGPOLoss`, positionally the
+    guider first.
+    """
+
+    _losses = ("loss_learner",)
+    _diagnostics = LEARNER_DIAGNOSTICS
+
+
+class MAGPOLoss(_GuidedPPOLoss):
+    """The whole MAGPO objective in one forward: guider, learner, critic and entropy.
+
+    Outputs ``loss_guider``, ``loss_learner``, ``loss_critic``, ``loss_entropy``, every
+    diagnostic of :class:`kernels.MAGPOLossTerms` (``guider_objective``, ``guider_kl``,
+    ``learner_kl``, ``learner_objective``, ``mask_fraction``, ``guider_clip_fraction``,
+    ``learner_clip_fraction``, ``guider_entropy``), ``explained_variance`` (and
+    ``value_clip_fraction`` with ``clip_value``). Back-propagate ``loss_guider + loss_entropy``
+    into the guider's optimizer, ``loss_learner`` into the learner's and ``loss_critic`` into
+    the critic's; the graphs are disjoint.
+
+    With ``LossOptions(delta=float("inf"), aux_coef=0)`` this is the CTDS baseline of the paper.
+
+    Example:
+        >>> loss = MAGPOLoss(guider, learner, critic, LossOptions(delta=1.5, aux_coef=1.0))
+        >>> loss.set_keys(sample_log_prob=("agents", "log_prob"), action=("agents", "action"))
+        >>> loss.make_value_estimator(gamma=0.99, lmbda=0.95)
+        >>> out = loss(batch)
+        >>> (out["loss_guider"] + out["loss_entropy"]).backward()
 
     Args:
         guider_network: the guider policy (collects the data; ``actor_network`` in TorchRL terms).
-        learner_network: the decentralized learner (a constant in this loss).
-        critic_network: optional centralized critic; needed to estimate the advantage when the
-            batch holds none, and to train the critic with ``loss_critic``.
-        delta: guider/learner ratio bound, > 1 (``inf``: plain PPO, the CTDS guider).
-        clip_epsilon: PPO clip, in (0, 1).
+        learner_network: the decentralized learner.
+        critic_network: the centralized critic (required here); estimates the advantage when
+            the batch holds none and is trained with ``loss_critic``.
+        options: :class:`kernels.LossOptions` (delta, clip_epsilon, aux_coef, learner_kl,
+            backend), validated when built; the default is the package's default set.
         entropy_coeff: weight of the guider's entropy bonus, >= 0.
         critic_coeff: weight of the critic loss (TorchRL's meaning; None = 1.0 with a critic).
         loss_critic_type: ``"l2"`` (default), ``"l1"`` or ``"smooth_l1"``.
@@ -314,172 +348,8 @@ class GuiderClipLoss(_GuidedPPOLoss):
         normalize_advantage: standardise the advantage per minibatch (default True).
         normalize_advantage_exclude_dims: dims kept separate when standardising.
         check_finite: raise :class:`NonFiniteLossError` naming the term if a loss is NaN/inf.
-        backend: ``"auto"``, ``"reference"`` or ``"triton"`` (see :mod:`kernels`).
-    """
-
-    _losses = ("loss_guider", "loss_entropy", "loss_critic")
-    _diagnostics = ("guider_objective", "guider_kl", "mask_fraction", "guider_clip_fraction", "guider_entropy")
-
-    def __init__(
-        self,
-        guider_network: ProbabilisticTensorDictSequential,
-        learner_network: ProbabilisticTensorDictSequential,
-        critic_network: TensorDictModule | None = None,
-        *,
-        delta: float = 1.5,
-        clip_epsilon: float = 0.2,
-        entropy_coeff: float = 0.01,
-        critic_coeff: float | None = None,
-        loss_critic_type: str = "l2",
-        clip_value: float | None = None,
-        normalize_advantage: bool = True,
-        normalize_advantage_exclude_dims: Sequence[int] = (),
-        check_finite: bool = True,
-        backend: str = "auto",
-    ):
-        super().__init__(
-            guider_network,
-            learner_network,
-            critic_network,
-            delta=delta,
-            clip_epsilon=clip_epsilon,
-            aux_coef=0.0,
-            learner_kl="forward",
-            entropy_coeff=entropy_coeff,
-            critic_coeff=critic_coeff,
-            loss_critic_type=loss_critic_type,
-            clip_value=clip_value,
-            normalize_advantage=normalize_advantage,
-            normalize_advantage_exclude_dims=normalize_advantage_exclude_dims,
-            check_finite=check_finite,
-            backend=backend,
-        )
-
-
-class LearnerKLPPOLoss(_GuidedPPOLoss):
-    """The learner's loss (paper Eq. 10-11): imitation KL to the guider plus lambda x PPO.
-
-    Outputs ``loss_learner`` (KL + ``aux_coef`` * clipped PPO on ``pi_theta(a) / mu_old(a)``)
-    and the diagnostics ``learner_kl``, ``learner_objective``, ``learner_clip_fraction``. The
-    batch must hold the advantage (or give a critic to estimate it; it is not trained here).
-
-    Args:
-        learner_network: the decentralized learner being trained.
-        guider_network: the guider that collected the data (a constant in this loss).
-        critic_network: optional, only used to estimate a missing advantage.
-        aux_coef: lambda, weight of the PPO term, >= 0 (0: pure distillation, the CTDS learner).
-        learner_kl: ``"forward"`` KL(sg(guider) || learner) (authors' code, default) or
-            ``"reverse"`` KL(learner || sg(guider)) (paper Eq. 10).
-        clip_epsilon, normalize_advantage, normalize_advantage_exclude_dims, check_finite,
-        backend: as in :class:`GuiderClipLoss`.
-    """
-
-    _losses = ("loss_learner",)
-    _diagnostics = ("learner_kl", "learner_objective", "learner_clip_fraction")
-
-    def __init__(
-        self,
-        learner_network: ProbabilisticTensorDictSequential,
-        guider_network: ProbabilisticTensorDictSequential,
-        critic_network: TensorDictModule | None = None,
-        *,
-        aux_coef: float = 1.0,
-        learner_kl: str = "forward",
-        clip_epsilon: float = 0.2,
-        normalize_advantage: bool = True,
-        normalize_advantage_exclude_dims: Sequence[int] = (),
-        check_finite: bool = True,
-        backend: str = "auto",
-    ):
-        super().__init__(
-            guider_network,
-            learner_network,
-            critic_network,
-            delta=math.inf,
-            clip_epsilon=clip_epsilon,
-            aux_coef=aux_coef,
-            learner_kl=learner_kl,
-            entropy_coeff=0.0,
-            critic_coeff=0.0 if critic_network is not None else None,
-            loss_critic_type="l2",
-            clip_value=None,
-            normalize_advantage=normalize_advantage,
-            normalize_advantage_exclude_dims=normalize_advantage_exclude_dims,
-            check_finite=check_finite,
-            backend=backend,
-        )
-
-
-class MAGPOLoss(_GuidedPPOLoss):
-    """The whole MAGPO objective in one forward: guider, learner, critic and entropy.
-
-    Outputs ``loss_guider``, ``loss_learner``, ``loss_critic``, ``loss_entropy`` and the
-    diagnostics ``guider_objective``, ``guider_kl``, ``learner_kl``, ``learner_objective``,
-    ``mask_fraction``, ``guider_clip_fraction``, ``learner_clip_fraction``, ``guider_entropy``,
-    ``explained_variance`` (and ``value_clip_fraction`` with ``clip_value``). Back-propagate
-    ``loss_guider + loss_entropy`` into the guider's optimizer, ``loss_learner`` into the
-    learner's and ``loss_critic`` into the critic's; the graphs are disjoint.
-
-    With ``delta=float("inf")`` and ``aux_coef=0`` this is the CTDS baseline of the paper.
-
-    Example:
-        >>> loss = MAGPOLoss(guider, learner, critic, delta=1.5, aux_coef=1.0)
-        >>> loss.set_keys(sample_log_prob=("agents", "log_prob"), action=("agents", "action"))
-        >>> loss.make_value_estimator(gamma=0.99, lmbda=0.95)
-        >>> out = loss(batch)
-        >>> (out["loss_guider"] + out["loss_entropy"]).backward()
-
-    Args: those of :class:`GuiderClipLoss` and :class:`LearnerKLPPOLoss`; ``critic_network`` is
-    required.
     """
 
     _losses = ("loss_guider", "loss_learner", "loss_critic", "loss_entropy")
-    _diagnostics = (
-        "guider_objective",
-        "guider_kl",
-        "learner_kl",
-        "learner_objective",
-        "mask_fraction",
-        "guider_clip_fraction",
-        "learner_clip_fraction",
-        "guider_entropy",
-    )
-
-    def __init__(
-        self,
-        guider_network: ProbabilisticTensorDictSequential,
-        learner_network: ProbabilisticTensorDictSequential,
-        critic_network: TensorDictModule,
-        *,
-        delta: float = 1.5,
-        clip_epsilon: float = 0.2,
-        aux_coef: float = 1.0,
-        learner_kl: str = "forward",
-        entropy_coeff: float = 0.01,
-        critic_coeff: float | None = None,
-        loss_critic_type: str = "l2",
-        clip_value: float | None = None,
-        normalize_advantage: bool = True,
-        normalize_advantage_exclude_dims: Sequence[int] = (),
-        check_finite: bool = True,
-        backend: str = "auto",
-    ):
-        if critic_network is None:
-            raise ValueError("MAGPOLoss needs a critic_network (use GuiderClipLoss + LearnerKLPPOLoss without one)")
-        super().__init__(
-            guider_network,
-            learner_network,
-            critic_network,
-            delta=delta,
-            clip_epsilon=clip_epsilon,
-            aux_coef=aux_coef,
-            learner_kl=learner_kl,
-            entropy_coeff=entropy_coeff,
-            critic_coeff=critic_coeff,
-            loss_critic_type=loss_critic_type,
-            clip_value=clip_value,
-            normalize_advantage=normalize_advantage,
-            normalize_advantage_exclude_dims=normalize_advantage_exclude_dims,
-            check_finite=check_finite,
-            backend=backend,
-        )
+    _diagnostics = MAGPOLossTerms._fields[2:]  # both sides' diagnostics
+    _needs_critic = True

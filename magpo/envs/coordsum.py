@@ -12,7 +12,7 @@ within the episode (no record: guess 0; ties: the smallest action). After the re
 action is recorded. Episodes last ``time_limit`` (100) steps; the targets of an episode are
 drawn uniformly in ``[0, maxval)`` at reset.
 
-``memory`` chooses how records are kept (DESIGN.md section 6):
+``memory`` chooses how records are kept (docs/design.md, "BenchMARL"):
 
 * ``"authors"`` (default, what the paper's Table 1 numbers come from): the authors' JAX code keeps
   ``num_actions`` rows indexed by the target and JAX clamps out-of-range indices, so every

@@ -210,13 +210,13 @@ def test_resume_command_reloads_a_run(tmp_path):
 @pytest.mark.parametrize(
     "override, field",
     [
-        ("algorithm.delta=1.0", "delta"),
+        ("algorithm.delta=1.0", "algorithm.delta"),
         ("algorithm.guider=lstm", "algorithm.guider"),
         ("algorithm.backtrack=true", "algorithm.backtrack"),
         ("algorithm.agent_order=alphabetical", "algorithm.agent_order"),
-        ("algorithm.clip_epsilon=1.5", "clip_epsilon"),
-        ("algorithm.aux_coef=-1", "aux_coef"),
-        ("algorithm.learner_kl=both", "learner_kl"),
+        ("algorithm.clip_epsilon=1.5", "algorithm.clip_epsilon"),
+        ("algorithm.aux_coef=-1", "algorithm.aux_coef"),
+        ("algorithm.learner_kl=both", "algorithm.learner_kl"),
         ("algorithm.guider_heads=3", "algorithm.guider_embed_dim"),
         ("algorithm.guider_lr=0", "algorithm.guider_lr"),
         ("algorithm.guider_lr=-0.001", "algorithm.guider_lr"),

@@ -1,6 +1,6 @@
 """An independent float64 NumPy implementation of the MAGPO loss, row by row, for the tests.
 
-Written from the paper's Eq. 8-11 and DESIGN.md section 2 with explicit per-row loops and
+Written from the paper's Eq. 8-11 and docs/design.md with explicit per-row loops and
 textbook formulas (probabilities, not log-space tricks), so that it shares no code with
 kernels/reference.py.
 """

@@ -16,7 +16,21 @@ def test_cpu_smoke_run_upserts_csv_and_draws(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 2 * 3  # families x row counts x modes
     assert {r["mode"] for r in rows} == {"forward", "backward", "full"}
-    assert all(float(r["p50_ms"]) >= 0 and r["torch"] and r["triton"] and r["date"] for r in rows)
+    assert list(rows[0]) == list(bench.CSV_FIELDS)
+    timed = {(r["family"], r["rows"], r["mode"]): [float(r[k]) for k in ("p20_ms", "p50_ms", "p80_ms")] for r in rows}
+    for r in rows:
+        p20, p50, p80 = timed[r["family"], r["rows"], r["mode"]]
+        if r["mode"] == "backward":  # derived: full - forward, quantile by quantile, floored at 0
+            full, forward = timed[r["family"], r["rows"], "full"], timed[r["family"], r["rows"], "forward"]
+            assert [p20, p50, p80] == pytest.approx([max(f - w, 0.0) for f, w in zip(full, forward)], abs=2e-5)
+            continue
+        assert 0 < p20 <= p50 <= p80
+        assert int(r["min_bytes"]) == bench.min_bytes(r["family"], int(r["rows"]), int(r["size"]), r["mode"])
+        # effective bandwidth = minimum bytes / p50, and its share of the measured copy bandwidth
+        gbps = int(r["min_bytes"]) / (p50 * 1e-3) / 1e9
+        assert float(r["effective_gbps"]) == pytest.approx(gbps, rel=1e-3, abs=0.01)
+        assert float(r["fraction_of_copy"]) == pytest.approx(gbps / float(r["copy_gbps"]), rel=1e-2, abs=1e-4)
+        assert r["torch"] and r["triton"] and r["date"]
     assert len(list(tmp_path.glob("kernels_*.png"))) == 1
     assert "copy bandwidth" in capsys.readouterr().out
 

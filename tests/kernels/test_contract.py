@@ -11,6 +11,7 @@ import torch
 
 import kernels
 import numpy_magpo
+from kernels import LossOptions
 from kernels.reference import _magpo_terms
 
 F64 = torch.float64
@@ -52,8 +53,8 @@ def test_categorical_matches_numpy(delta, learner_kl):
     mask = torch.rand(guider.shape, generator=torch.Generator().manual_seed(3)) > 0.3
     mask.scatter_(-1, action[..., None], True)  # the taken action is always allowed
     terms = kernels.magpo_loss_categorical(
-        guider, learner, action, behavior, advantage, delta=delta, clip_epsilon=0.2, aux_coef=0.7,
-        learner_kl=learner_kl, action_mask=mask,
+        guider, learner, action, behavior, advantage, options=LossOptions(delta=delta, clip_epsilon=0.2, aux_coef=0.7, learner_kl=learner_kl),
+        action_mask=mask,
     )
     expected = numpy_magpo.categorical(
         *(t.numpy() for t in (guider, learner, action, behavior, advantage)),
@@ -68,7 +69,7 @@ def test_categorical_matches_numpy(delta, learner_kl):
 @pytest.mark.parametrize("delta", [1.3, math.inf])
 def test_normal_matches_numpy(delta, learner_kl):
     inputs = normal_inputs()
-    terms = kernels.magpo_loss_normal(*inputs, delta=delta, clip_epsilon=0.1, aux_coef=2.0, learner_kl=learner_kl)
+    terms = kernels.magpo_loss_normal(*inputs, options=LossOptions(delta=delta, clip_epsilon=0.1, aux_coef=2.0, learner_kl=learner_kl))
     expected = numpy_magpo.normal(
         *(t.numpy() for t in inputs), delta=delta, eps=0.1, aux=2.0, learner_kl=learner_kl
     )
@@ -83,7 +84,7 @@ def test_hand_worked_single_row():
     learner = torch.zeros(1, 2, dtype=F64)
     terms = kernels.magpo_loss_categorical(
         guider, learner, torch.tensor([0]), torch.tensor([math.log(0.5)], dtype=F64), torch.tensor([1.0], dtype=F64),
-        delta=1.5, clip_epsilon=0.2, aux_coef=0.5,
+        options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=0.5),
     )
     kl = 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.2 / 0.5)
     assert terms.guider_objective.item() == pytest.approx(-1.2)
@@ -104,7 +105,7 @@ def test_categorical_gradcheck(learner_kl):
     guider, learner, action, behavior, advantage = categorical_inputs(shape=(4, 2), num_actions=4, seed=1)
     mask = torch.ones_like(guider, dtype=torch.bool)
     mask[0, 0, (action[0, 0] + 1) % 4] = False
-    opts = dict(delta=1.4, clip_epsilon=0.2, aux_coef=1.5, learner_kl=learner_kl, action_mask=mask)
+    opts = dict(options=LossOptions(delta=1.4, clip_epsilon=0.2, aux_coef=1.5, learner_kl=learner_kl), action_mask=mask)
 
     # Each side is varied alone: the other side enters its loss through stop-gradient, so a
     # finite difference across both would (rightly) disagree with the routed gradient.
@@ -122,7 +123,7 @@ def test_categorical_gradcheck(learner_kl):
 @pytest.mark.parametrize("learner_kl", ["forward", "reverse"])
 def test_normal_gradcheck(learner_kl):
     g_loc, g_scale, l_loc, l_scale, action, behavior, advantage = normal_inputs(shape=(3, 2), dim=2, seed=2)
-    opts = dict(delta=1.3, clip_epsilon=0.2, aux_coef=0.5, learner_kl=learner_kl)
+    opts = dict(options=LossOptions(delta=1.3, clip_epsilon=0.2, aux_coef=0.5, learner_kl=learner_kl))
 
     def guider_side(gm, gs):
         t = kernels.magpo_loss_normal(gm, gs, l_loc, l_scale, action, behavior, advantage, **opts)
@@ -141,7 +142,7 @@ def test_each_loss_reaches_only_its_own_side():
     learner.requires_grad_()
     behavior.requires_grad_()
     advantage.requires_grad_()
-    t = kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, delta=1.5, clip_epsilon=0.2, aux_coef=1)
+    t = kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1))
     g_grads = torch.autograd.grad(t.loss_guider, (guider, learner, behavior, advantage), allow_unused=True, retain_graph=True)
     l_grads = torch.autograd.grad(t.loss_learner, (guider, learner, behavior, advantage), allow_unused=True)
     assert g_grads[0] is not None and g_grads[0].abs().sum() > 0
@@ -161,7 +162,7 @@ def _single_row_grad(log_rho, advantage, delta=1.5, eps=0.2):
     zero = torch.zeros(1, dtype=F64)
     terms = _magpo_terms(
         guider_lp, zero, zero, torch.tensor([advantage], dtype=F64), zero, zero, zero,
-        delta=delta, clip_epsilon=eps, aux_coef=0.0,
+        options=LossOptions(delta=delta, clip_epsilon=eps, aux_coef=0.0),
     )
     (grad,) = torch.autograd.grad(terms.loss_guider, guider_lp)
     return grad.item(), terms.mask_fraction.item()
@@ -200,14 +201,14 @@ def test_mask_is_on_only_out_of_band():
     log_rho = torch.log(torch.tensor([0.5, 1 / 1.49, 1.0, 1.49, 1.51, 3.0], dtype=F64))
     zero = torch.zeros_like(log_rho)
     kl = torch.arange(1.0, 7.0, dtype=F64)
-    terms = _magpo_terms(log_rho, zero, zero, zero, kl, zero, zero, delta=delta, clip_epsilon=0.2, aux_coef=0.0)
+    terms = _magpo_terms(log_rho, zero, zero, zero, kl, zero, zero, options=LossOptions(delta=delta, clip_epsilon=0.2, aux_coef=0.0))
     assert terms.mask_fraction.item() == pytest.approx(3 / 6)
     assert terms.guider_kl.item() == pytest.approx((1 + 5 + 6) / 6)  # rows 0, 4, 5; mean over ALL rows
 
 
 def test_delta_inf_is_plain_ppo_without_kl():
     guider, learner, action, behavior, advantage = categorical_inputs(spread=3.0)
-    t = kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, delta=math.inf, clip_epsilon=0.2, aux_coef=1)
+    t = kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, options=LossOptions(delta=math.inf, clip_epsilon=0.2, aux_coef=1))
     ratio = (torch.log_softmax(guider, -1).gather(-1, action[..., None]).squeeze(-1) - behavior).exp()
     ppo = -torch.minimum(ratio * advantage, ratio.clamp(0.8, 1.2) * advantage).mean()
     assert t.guider_objective.item() == pytest.approx(ppo.item())
@@ -217,9 +218,10 @@ def test_delta_inf_is_plain_ppo_without_kl():
 
 def test_kl_direction_switch():
     guider, learner, action, behavior, advantage = categorical_inputs(spread=2.0)
-    opts = dict(delta=1.5, clip_epsilon=0.2, aux_coef=0.0)
-    fwd = kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, learner_kl="forward", **opts)
-    rev = kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, learner_kl="reverse", **opts)
+    fwd, rev = (
+        kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, LossOptions(aux_coef=0.0, learner_kl=kl))
+        for kl in ("forward", "reverse")
+    )
     p, q = torch.distributions.Categorical(logits=guider), torch.distributions.Categorical(logits=learner)
     assert fwd.learner_kl.item() == pytest.approx(torch.distributions.kl_divergence(p, q).mean().item())
     assert rev.learner_kl.item() == pytest.approx(torch.distributions.kl_divergence(q, p).mean().item())
@@ -240,33 +242,33 @@ def test_masked_and_all_but_one_masked_rows_stay_finite():
     learner[2, (action[2] + 2) % 5] = -math.inf
     guider.requires_grad_()
     learner.requires_grad_()
-    t = kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, delta=1.5, clip_epsilon=0.2, aux_coef=1, action_mask=mask)
+    t = kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1), action_mask=mask)
     for field in numpy_magpo.FIELDS:
         assert torch.isfinite(getattr(t, field)), field
     (t.loss_guider + t.loss_learner - t.guider_entropy).backward()
     assert torch.isfinite(guider.grad).all() and torch.isfinite(learner.grad).all()
     assert (guider.grad[~mask] == 0).all() and (learner.grad[~mask] == 0).all()
     # row 0 has a single allowed action: probability 1, no KL and no entropy
-    single = kernels.magpo_loss_categorical(guider[:1], learner[:1], action[:1], behavior[:1], advantage[:1], delta=1.5, clip_epsilon=0.2, aux_coef=1, action_mask=mask[:1])
+    single = kernels.magpo_loss_categorical(guider[:1], learner[:1], action[:1], behavior[:1], advantage[:1], options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1), action_mask=mask[:1])
     assert single.learner_kl.item() == 0.0 and single.guider_entropy.item() == 0.0
 
 
 def test_large_logits_and_extreme_scales_stay_finite():
     guider, learner, action, behavior, advantage = categorical_inputs(dtype=torch.float32)
-    t = kernels.magpo_loss_categorical(guider * 1e4, -learner * 1e4, action, behavior, advantage, delta=1.5, clip_epsilon=0.2, aux_coef=1)
+    t = kernels.magpo_loss_categorical(guider * 1e4, -learner * 1e4, action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1))
     for field in numpy_magpo.FIELDS:
         assert torch.isfinite(getattr(t, field)), field
     g_loc, g_scale, l_loc, l_scale, action, behavior, advantage = normal_inputs(dtype=torch.float32)
-    t = kernels.magpo_loss_normal(g_loc, g_scale * 1e-3, l_loc, l_scale * 1e3, action, behavior, advantage, delta=1.5, clip_epsilon=0.2, aux_coef=1)
+    t = kernels.magpo_loss_normal(g_loc, g_scale * 1e-3, l_loc, l_scale * 1e3, action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1))
     for field in ("guider_kl", "learner_kl", "guider_entropy", "mask_fraction"):
         assert torch.isfinite(getattr(t, field)), field
 
 
 def test_half_precision_inputs_compute_in_float32():
     guider, learner, action, behavior, advantage = categorical_inputs(dtype=torch.float32)
-    full = kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, delta=1.5, clip_epsilon=0.2, aux_coef=1)
+    full = kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1))
     g16 = guider.bfloat16().requires_grad_()
-    half = kernels.magpo_loss_categorical(g16, learner.bfloat16(), action, behavior, advantage, delta=1.5, clip_epsilon=0.2, aux_coef=1)
+    half = kernels.magpo_loss_categorical(g16, learner.bfloat16(), action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1))
     assert half.loss_guider.dtype == torch.float32
     assert half.guider_entropy.item() == pytest.approx(full.guider_entropy.item(), rel=2e-2)
     half.loss_guider.backward()
@@ -276,30 +278,38 @@ def test_half_precision_inputs_compute_in_float32():
 # ------------------------------------------------------------------------------ bad input
 
 
-GOOD = dict(delta=1.5, clip_epsilon=0.2, aux_coef=1.0)
+GOOD = dict(options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0))
 
 
 @pytest.mark.parametrize(
-    "override, error, name",
+    "field, error",
     [
-        (dict(delta=1.0), ValueError, "delta"),
-        (dict(delta=0.5), ValueError, "delta"),
-        (dict(delta=float("nan")), TypeError, "delta"),
-        (dict(delta="2"), TypeError, "delta"),
-        (dict(clip_epsilon=0.0), ValueError, "clip_epsilon"),
-        (dict(clip_epsilon=1.0), ValueError, "clip_epsilon"),
-        (dict(aux_coef=-0.1), ValueError, "aux_coef"),
-        (dict(aux_coef=math.inf), ValueError, "aux_coef"),
-        (dict(learner_kl="both"), ValueError, "learner_kl"),
-        (dict(backend="cuda"), ValueError, "backend"),
+        (dict(delta=1.0), ValueError),
+        (dict(delta=0.5), ValueError),
+        (dict(delta=float("nan")), TypeError),
+        (dict(delta="2"), TypeError),
+        (dict(clip_epsilon=0.0), ValueError),
+        (dict(clip_epsilon=1.0), ValueError),
+        (dict(aux_coef=-0.1), ValueError),
+        (dict(aux_coef=math.inf), ValueError),
+        (dict(aux_coef=True), TypeError),
+        (dict(learner_kl="both"), ValueError),
+        (dict(backend="cuda"), ValueError),
     ],
 )
-def test_bad_hyperparameters(override, error, name):
-    inputs = categorical_inputs()
-    with pytest.raises(error, match=name):
-        kernels.magpo_loss_categorical(*inputs, **{**GOOD, **override})
-    with pytest.raises(error, match=name):
-        kernels.magpo_loss_normal(*normal_inputs(), **{**GOOD, **override})
+def test_bad_hyperparameters_are_refused_when_the_options_are_built(field, error):
+    (name,) = field
+    with pytest.raises(error, match=f"^{name} "):  # the message starts with the field's name
+        LossOptions(**field)
+
+
+def test_options_are_frozen_plain_floats_and_required_by_the_contract():
+    options = LossOptions(delta=2, aux_coef=0)
+    assert type(options.delta) is float and type(options.aux_coef) is float
+    with pytest.raises(AttributeError):
+        options.delta = 3.0
+    with pytest.raises(TypeError, match="options must be a kernels.LossOptions"):
+        kernels.magpo_loss_categorical(*categorical_inputs(), options=dict(delta=1.5))
 
 
 def test_bad_tensors():

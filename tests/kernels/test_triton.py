@@ -6,6 +6,7 @@ Tests marked ``gpu`` need CUDA (half precision, large row counts) and skip clean
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import kernels
-from kernels import api
+from kernels import LossOptions, api
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # interpreter: padded rows
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -38,7 +39,7 @@ def categorical_case(rows, num_actions, seed=0, masked=True, scale=1.0, dtype=to
     return (to(guider.to(dtype)), to(learner.to(dtype)), to(action), to(behavior), to(advantage)), to(mask)
 
 
-def run_both(fn, tensors, differentiable, weights=(2.0, -1.5, 0.25), **kwargs):
+def run_both(fn, tensors, differentiable, options, weights=(2.0, -1.5, 0.25), **kwargs):
     """Run the float64 reference (the oracle) and Triton on the inputs as given; returns
     {backend: (terms, grads)}, using non-unit grad outputs."""
     results = {}
@@ -48,7 +49,7 @@ def run_both(fn, tensors, differentiable, weights=(2.0, -1.5, 0.25), **kwargs):
             (t.double() if oracle and t.is_floating_point() else t).detach().clone().requires_grad_(i in differentiable)
             for i, t in enumerate(tensors)
         ]
-        terms = fn(*inputs, backend=backend, **kwargs)
+        terms = fn(*inputs, options=dataclasses.replace(options, backend=backend), **kwargs)
         total = weights[0] * terms.loss_guider + weights[1] * terms.loss_learner + weights[2] * terms.guider_entropy
         total.backward()
         results[backend] = terms, [inputs[i].grad for i in differentiable]
@@ -77,7 +78,7 @@ def test_categorical_matches_reference(rows, num_actions, delta, learner_kl):
     tensors, mask = categorical_case(rows, num_actions, masked=num_actions > 1)
     results = run_both(
         kernels.magpo_loss_categorical, tensors, differentiable=(0, 1),
-        delta=delta, clip_epsilon=0.2, aux_coef=0.7, learner_kl=learner_kl, action_mask=mask,
+        options=LossOptions(delta=delta, clip_epsilon=0.2, aux_coef=0.7, learner_kl=learner_kl), action_mask=mask,
     )
     assert_close(results)
 
@@ -98,7 +99,7 @@ def test_categorical_all_masked_but_one_and_huge_logits():
     mask = mask.to(DEVICE)
     results = run_both(
         kernels.magpo_loss_categorical, tensors, differentiable=(0, 1),
-        delta=1.5, clip_epsilon=0.2, aux_coef=1.0, action_mask=mask,
+        options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0), action_mask=mask,
     )
     for terms, grads in results.values():
         assert all(torch.isfinite(getattr(terms, f)) for f in FIELDS)
@@ -115,7 +116,7 @@ def test_categorical_noncontiguous_and_multidim_inputs():
     assert not nc[0].is_contiguous()
     results = run_both(
         kernels.magpo_loss_categorical, nc, differentiable=(0, 1),
-        delta=1.4, clip_epsilon=0.1, aux_coef=2.0, action_mask=t(mask),
+        options=LossOptions(delta=1.4, clip_epsilon=0.1, aux_coef=2.0), action_mask=t(mask),
     )
     assert_close(results)
     assert results["triton"][1][0].shape == nc[0].shape
@@ -126,7 +127,7 @@ def test_one_side_requiring_grad(side):
     tensors, mask = categorical_case(11, 4)
     results = run_both(
         kernels.magpo_loss_categorical, tensors, differentiable=(side,),
-        delta=1.5, clip_epsilon=0.2, aux_coef=1.0, action_mask=mask,
+        options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0), action_mask=mask,
     )
     assert_close(results)
 
@@ -134,7 +135,7 @@ def test_one_side_requiring_grad(side):
 def test_gradients_come_back_in_the_input_dtype():
     tensors, _ = categorical_case(8, 3, masked=False)
     guider = tensors[0].double().requires_grad_()
-    terms = kernels.magpo_loss_categorical(guider, *tensors[1:], delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton")
+    terms = kernels.magpo_loss_categorical(guider, *tensors[1:], options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton"))
     (terms.loss_guider * 2.0).backward()
     assert guider.grad.dtype == torch.float64 and terms.loss_guider.dtype == torch.float64
 
@@ -142,7 +143,7 @@ def test_gradients_come_back_in_the_input_dtype():
 def test_only_one_output_used_gets_no_gradient_elsewhere():
     tensors, _ = categorical_case(8, 3, masked=False)
     guider, learner = (t.clone().requires_grad_() for t in tensors[:2])
-    terms = kernels.magpo_loss_categorical(guider, learner, *tensors[2:], delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton")
+    terms = kernels.magpo_loss_categorical(guider, learner, *tensors[2:], options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton"))
     (grad_learner,) = torch.autograd.grad(terms.loss_learner, (learner,), retain_graph=True)
     assert torch.isfinite(grad_learner).all()
     assert torch.autograd.grad(terms.loss_learner, (guider,), allow_unused=True) == (None,)
@@ -182,7 +183,7 @@ def decision_margin(guider_lp, learner_lp, behavior_lp, delta, clip_epsilon):
 def test_normal_matches_reference(rows, dim, delta, learner_kl):
     results = run_both(
         kernels.magpo_loss_normal, normal_case(rows, dim), differentiable=(0, 1, 2, 3),
-        delta=delta, clip_epsilon=0.2, aux_coef=0.7, learner_kl=learner_kl,
+        options=LossOptions(delta=delta, clip_epsilon=0.2, aux_coef=0.7, learner_kl=learner_kl),
     )
     assert_close(results, rtol=2e-4, atol=2e-5)
 
@@ -191,7 +192,7 @@ def test_normal_matches_reference(rows, dim, delta, learner_kl):
 def test_normal_extreme_scales(scale_range):
     results = run_both(
         kernels.magpo_loss_normal, normal_case(23, 4, scale_range=scale_range), differentiable=(0, 1, 2, 3),
-        delta=1.5, clip_epsilon=0.2, aux_coef=1.0,
+        options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0),
     )
     for terms, grads in results.values():
         assert all(torch.isfinite(getattr(terms, f)) for f in FIELDS)
@@ -207,7 +208,7 @@ def test_normal_broadcast_scale_from_expand():
         scale = shared.clone().requires_grad_()
         terms = kernels.magpo_loss_normal(
             g_loc, scale.expand(12, 3), l_loc, l_scale, action, behavior, advantage,
-            delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend=backend,
+            options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend=backend),
         )
         (2.0 * terms.loss_guider).backward()
         results[backend] = scale.grad
@@ -235,7 +236,7 @@ def test_property_categorical(rows, num_actions, logit_scale, delta, clip_epsilo
     assume(decision_margin(log_p(guider), log_p(learner), behavior, delta, clip_epsilon) > 1e-4)
     results = run_both(
         kernels.magpo_loss_categorical, tensors, differentiable=(0, 1),
-        delta=delta, clip_epsilon=clip_epsilon, aux_coef=aux_coef, learner_kl=learner_kl, action_mask=mask,
+        options=LossOptions(delta=delta, clip_epsilon=clip_epsilon, aux_coef=aux_coef, learner_kl=learner_kl), action_mask=mask,
     )
     assert_close(results, rtol=1e-3, atol=1e-4 * max(1.0, logit_scale), grad_atol_fraction=1e-5)
 
@@ -250,15 +251,20 @@ def test_property_normal(rows, dim, seed, delta, learner_kl):
     assume(decision_margin(log_n(g_loc, g_scale), log_n(l_loc, l_scale), behavior, delta, 0.2) > 1e-4)
     results = run_both(
         kernels.magpo_loss_normal, case, differentiable=(0, 1, 2, 3),
-        delta=delta, clip_epsilon=0.2, aux_coef=1.0, learner_kl=learner_kl,
+        options=LossOptions(delta=delta, clip_epsilon=0.2, aux_coef=1.0, learner_kl=learner_kl),
     )
     assert_close(results, rtol=1e-3, atol=1e-4)
 
 
-def test_auto_picks_triton_only_for_cuda():
-    assert api._resolve_backend("auto", torch.device("cpu")) == "reference"
-    if torch.cuda.is_available():
-        assert api._resolve_backend("auto", torch.device("cuda")) == "triton"
+def test_auto_picks_triton_only_for_cuda_tensors_when_triton_is_installed(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # devices only: no GPU needed
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    assert api._resolve_backend("auto", cuda) == "triton"
+    assert api._resolve_backend("auto", cpu) == "reference"
+    assert api._resolve_backend("reference", cuda) == "reference"
+    assert api._resolve_backend("triton", cpu) == "triton"  # forced: the kernel entry then refuses CPU tensors
+    monkeypatch.setattr(kernels, "triton_available", lambda: False)
+    assert api._resolve_backend("auto", cuda) == "reference"
 
 
 def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
@@ -266,12 +272,12 @@ def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
     tensors, _ = categorical_case(4, 3, masked=False)
     tensors = tuple(t.cpu() for t in tensors)
     with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
-        kernels.magpo_loss_categorical(*tensors, delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton")
+        kernels.magpo_loss_categorical(*tensors, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton"))
 
 
 def test_triton_normal_rejects_wide_actions():
     with pytest.raises(ValueError, match="D <= 64"):
-        kernels.magpo_loss_normal(*normal_case(2, 65), delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton")
+        kernels.magpo_loss_normal(*normal_case(2, 65), options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton"))
 
 
 @gpu
@@ -280,7 +286,7 @@ def test_half_precision_inputs_give_gradients_in_input_dtype(dtype, rtol):
     tensors, mask = categorical_case(1000, 16, dtype=dtype)
     results = run_both(
         kernels.magpo_loss_categorical, tensors, differentiable=(0, 1),
-        delta=1.5, clip_epsilon=0.2, aux_coef=1.0, action_mask=mask,
+        options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0), action_mask=mask,
     )
     for got, want in zip(results["triton"][1], results["reference"][1]):
         assert got.dtype == dtype
@@ -290,10 +296,10 @@ def test_half_precision_inputs_give_gradients_in_input_dtype(dtype, rtol):
 @gpu
 def test_many_rows_and_wide_actions_on_gpu():
     tensors, mask = categorical_case(1 << 20, 16)
-    assert_close(run_both(kernels.magpo_loss_categorical, tensors, differentiable=(0, 1), delta=1.5,
-                          clip_epsilon=0.2, aux_coef=1.0, action_mask=mask), rtol=1e-3, atol=1e-5)
+    assert_close(run_both(kernels.magpo_loss_categorical, tensors, differentiable=(0, 1), options=LossOptions(delta=1.5),
+                          action_mask=mask), rtol=1e-3, atol=1e-5)
     tensors, mask = categorical_case(4096, 1024)
-    assert_close(run_both(kernels.magpo_loss_categorical, tensors, differentiable=(0, 1), delta=1.5,
-                          clip_epsilon=0.2, aux_coef=1.0, action_mask=mask), rtol=1e-3, atol=1e-5)
+    assert_close(run_both(kernels.magpo_loss_categorical, tensors, differentiable=(0, 1), options=LossOptions(delta=1.5),
+                          action_mask=mask), rtol=1e-3, atol=1e-5)
     assert_close(run_both(kernels.magpo_loss_normal, normal_case(1 << 20, 4), differentiable=(0, 1, 2, 3),
-                          delta=1.5, clip_epsilon=0.2, aux_coef=1.0), rtol=1e-3, atol=1e-5)
+                          options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0)), rtol=1e-3, atol=1e-5)

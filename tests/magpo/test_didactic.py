@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from magpo import didactic
+from magpo import LossOptions, didactic
 
 
 def test_magpo_learner_solves_the_didactic_game():
-    history = didactic.train(delta=1.5, aux_coef=1.0, iterations=40, seed=0)
+    history = didactic.train(LossOptions(delta=1.5, aux_coef=1.0), iterations=40, seed=0)
     guider_success, learner_success = history[-1]
     assert learner_success >= 0.95
     assert history[0][1] < 0.2  # it starts near the random level (6/125 = 0.048)
@@ -18,7 +18,7 @@ def test_magpo_learner_solves_the_didactic_game():
 def test_ctds_learner_lags_its_guider():
     # CTDS: the guider solves the game but its joint strategy does not factorize, so the
     # decentralized learner falls well short of it (the imitation gap of the paper's Section 3).
-    guider_success, learner_success = didactic.train(delta=math.inf, aux_coef=0.0, iterations=40, seed=1)[-1]
+    guider_success, learner_success = didactic.train(LossOptions(delta=math.inf, aux_coef=0.0), iterations=40, seed=1)[-1]
     assert guider_success >= 0.95
     assert learner_success <= guider_success - 0.2
 
@@ -37,6 +37,6 @@ def test_success_probability_is_exact():
 
 @pytest.mark.parametrize("kwargs, name", [(dict(iterations=0), "iterations"), (dict(batch=0), "batch"), (dict(lr=0.0), "lr")])
 def test_bad_arguments(kwargs, name):
-    args = dict(delta=1.5, aux_coef=1.0, iterations=1, seed=0)
+    args = dict(options=LossOptions(), iterations=1, seed=0)
     with pytest.raises(ValueError, match=name):
         didactic.train(**{**args, **kwargs})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -12,7 +13,9 @@ from torch import distributions as D
 from torchrl.modules import IndependentNormal, MaskedCategorical, OneHotCategorical, ProbabilisticActor, TanhNormal
 
 import kernels
-from magpo import GuiderClipLoss, LearnerKLPPOLoss, MAGPOLoss, NonFiniteLossError
+from magpo import GuiderClipLoss, LearnerKLPPOLoss, LossOptions, MAGPOLoss, NonFiniteLossError
+
+OPTION_FIELDS = [f.name for f in dataclasses.fields(LossOptions)]
 
 BATCH, AGENTS, OBS, ACTIONS = 6, 3, 4, 5
 KEYS = dict(
@@ -69,10 +72,8 @@ def make_setup(family="categorical", loss_class=MAGPOLoss, seed=0, with_advantag
     if with_advantage:
         batch["agents", "advantage"] = torch.randn(BATCH, AGENTS, 1)
         batch["agents", "value_target"] = torch.randn(BATCH, AGENTS, 1)
-    if loss_class is LearnerKLPPOLoss:
-        loss = loss_class(learner, guider, **loss_kwargs)
-    else:
-        loss = loss_class(guider, learner, critic, **loss_kwargs)
+    options = LossOptions(**{k: loss_kwargs.pop(k) for k in OPTION_FIELDS if k in loss_kwargs})
+    loss = loss_class(guider, learner, None if loss_class is LearnerKLPPOLoss else critic, options, **loss_kwargs)
     loss.set_keys(**KEYS)
     return loss, batch, guider, learner, critic
 
@@ -269,7 +270,7 @@ def test_magpo_needs_a_critic():
 
 def test_reference_backend_can_be_forced():
     loss, batch, *_ = make_setup(backend="reference")
-    assert loss.backend == "reference"
+    assert loss.options.backend == "reference"
     assert torch.isfinite(loss(batch)["loss_guider"])
     assert kernels.BACKENDS == ("auto", "reference", "triton")
 
