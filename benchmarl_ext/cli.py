@@ -2,13 +2,14 @@
 
     benchmarl run algorithm=magpo task=vmas/balance experiment=cpu   # any BenchMARL algorithm/task
     benchmarl run -m algorithm=magpo,mappo seed=0,1,2 task=vmas/balance experiment=cpu
-    benchmarl resume outputs/.../checkpoints/checkpoint_60000.pt      # continues the run
-    benchmarl evaluate outputs/.../checkpoints/checkpoint_60000.pt    # one evaluation, logged
+    benchmarl resume outputs/.../checkpoints/checkpoint_60000.pt      # continues the run exactly
+    benchmarl evaluate outputs/.../checkpoints/checkpoint_60000.pt    # prints, writes evaluations/*.json
 
 Runs go through :class:`benchmarl_ext.experiment.MagpoExperiment` (BenchMARL's Experiment plus
 learner evaluation for MAGPO, optimizer state in checkpoints, atomic checkpoint files), log to
-csv by default (wandb offline when asked for) and end by saving ``learning_curve.png`` in the
-experiment folder.
+csv by default (wandb offline when asked for), use one torch thread unless
+``MAGPO_NUM_THREADS`` (or ``OMP_NUM_THREADS``) says otherwise, and end by saving
+``learning_curve.png`` in the experiment folder.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+THREADS_VARIABLE = "MAGPO_NUM_THREADS"
 USAGE = """usage: benchmarl run [-m] OVERRIDE...        e.g. benchmarl run algorithm=magpo task=vmas/balance experiment=cpu
        benchmarl resume CHECKPOINT.pt
        benchmarl evaluate CHECKPOINT.pt"""
@@ -65,17 +67,22 @@ def _run_with_hydra(argv: list[str]) -> None:
     run()
 
 
-def reload_experiment(checkpoint: str):
-    """Rebuild the experiment a checkpoint belongs to, from the run's saved ``.hydra`` config."""
+def reload_experiment(checkpoint: str, for_evaluation: bool = False):
+    """Rebuild the experiment a checkpoint belongs to, from the run's saved ``.hydra`` config.
+
+    The checkpoint is read and validated before anything is built. ``for_evaluation`` builds it
+    with no training loggers, so an evaluation writes only its own ``evaluations/*.json``."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
+    from benchmarl_ext.checkpoints import CheckpointError
+
     path = Path(checkpoint).resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {checkpoint}")
+        raise CheckpointError(f"checkpoint {checkpoint}: no such file")
     hydra_dir = next((p / ".hydra" for p in list(path.parents)[:4] if (p / ".hydra").is_dir()), None)
     if hydra_dir is None:
-        raise FileNotFoundError(f"no .hydra folder within three levels above {checkpoint}; was it made by `benchmarl run`?")
+        raise CheckpointError(f"checkpoint {checkpoint}: no .hydra folder within three levels above it; was it made by `benchmarl run`?")
     overrides = list(OmegaConf.load(hydra_dir / "overrides.yaml"))
     with initialize_config_module(config_module="benchmarl_ext.conf", version_base=None):
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
@@ -84,12 +91,39 @@ def reload_experiment(checkpoint: str):
     del cfg.hydra
     cfg.merge_with(saved)
     cfg.experiment.restore_file = str(path)
+    if for_evaluation:
+        cfg.experiment.loggers = []
+        cfg.experiment.create_json = False
     return build_experiment(cfg, task_name=task_name)
+
+
+def configure_threads() -> int:
+    """Set torch's intra-op threads for this process and return the count.
+
+    ``MAGPO_NUM_THREADS`` if set; else ``OMP_NUM_THREADS`` (which torch reads itself); else 1.
+    One thread is the default because these small networks gain little from a second one on a
+    quiet machine and lose several times over beside one busy process
+    (benchmarks/results/threads.md); it also keeps parallel multirun jobs off each other's cores.
+    """
+    import torch
+
+    value = os.environ.get(THREADS_VARIABLE)
+    if value is None and "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    if value is None:
+        threads = 1
+    elif value.isdigit() and int(value) >= 1:
+        threads = int(value)
+    else:
+        raise SystemExit(f"{THREADS_VARIABLE} must be an integer >= 1, got {value!r}")
+    torch.set_num_threads(threads)
+    return threads
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("WANDB_MODE", "offline")  # works with no network; WANDB_MODE=online to sync
+    configure_threads()
     from benchmarl_ext.registration import register
 
     register()
@@ -102,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     elif command in ("resume", "evaluate"):
         if len(rest) != 1:
             raise SystemExit(f"benchmarl {command} takes one checkpoint file\n{USAGE}")
-        experiment = reload_experiment(rest[0])
+        experiment = reload_experiment(rest[0], for_evaluation=command == "evaluate")
         if command == "resume":
             from benchmarl_ext.plots import plot_learning_curve
 
@@ -110,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"learning curve: {plot_learning_curve(experiment.folder_name)}")
         else:
             experiment.evaluate()
+            experiment.close()
     else:
         raise SystemExit(f"unknown command {command!r}\n{USAGE}")
 

@@ -1,27 +1,40 @@
 """``MagpoExperiment``: BenchMARL's Experiment with the evaluation, checkpoint and backtracking
-behaviour MAGPO needs (docs/design.md, "BenchMARL").
+behaviour MAGPO needs, and the checks and resume guarantees every run deserves
+(docs/design.md, "BenchMARL").
 
 * Evaluation: BenchMARL evaluates ``experiment.policy``, the collection policy. For MAGPO that
   is the guider, so here every ``eval/...`` number comes from the decentralized learners (each
   agent on its own observation), and the guider's own evaluation (the centralized-execution
   reference) is logged under ``eval_guider/...``. Other algorithms evaluate as in BenchMARL.
-* Checkpoints also hold every optimizer's state (BenchMARL's do not, so a resumed run would
-  restart Adam's moments) and are written atomically (temporary file, then rename).
+  :meth:`MagpoExperiment.evaluate` prints its numbers and writes them to
+  ``evaluations/<checkpoint>.json``, not into the training logs.
+* Up-front checks: every ``experiment.*`` value is range-checked and a checkpoint to resume is
+  read and validated before any environment, logger or file is touched.
+* Checkpoints hold every optimizer's state and every global random generator's state, and are
+  written atomically. Exact resume: at each periodic checkpoint every environment (collection
+  and evaluation) is reseeded from the torch generator and reset, and a resumed run does the
+  same from the restored generators, so a run resumed from iteration k equals the straight
+  run bit for bit (same machine, versions and thread count). Its csv logs drop the rows written
+  after the checkpoint, so steps are not repeated.
 * Backtracking (``algorithm.backtrack=true``): after each group's optimizer steps the residual
   guider is reset to the learner, through the public ``on_train_end`` callback.
 """
 
 from __future__ import annotations
 
-import os
+import json
+from pathlib import Path
 from typing import Dict, List
 
 import torch
+from benchmarl.environments import Task
 from benchmarl.experiment import Experiment
 from benchmarl.experiment.callback import Callback
 from tensordict import TensorDictBase
 
 from benchmarl_ext.algorithm import Magpo
+from benchmarl_ext.checkpoints import read_checkpoint, rng_state, save_atomically, set_rng_state, trim_scalar_logs
+from benchmarl_ext.checks import check_experiment_config
 
 
 class GuiderBacktrack(Callback):
@@ -58,11 +71,24 @@ class MagpoExperiment(Experiment):
 
     evaluates_learner = True  # what Magpo checks: eval/... comes from the decentralized learner
 
-    def __init__(self, *args, callbacks=None, **kwargs):
+    def __init__(self, task, algorithm_config, model_config, seed, config, critic_model_config=None, callbacks=None):
+        check_experiment_config(config, algorithm_config.on_policy())
+        task = task.get_task() if isinstance(task, Task) else task
+        self._run_identity = {
+            "algorithm": algorithm_config.associated_class().__name__.lower(),
+            "task": f"{task.env_name().lower()}/{task.name.lower()}",
+        }
+        # Read and validated before BenchMARL builds (and writes) anything.
+        self._checkpoint = (
+            read_checkpoint(config.restore_file, map_location=config.restore_map_location, **self._run_identity)
+            if config.restore_file is not None
+            else None
+        )
+        self._resume_rng = None
         callbacks = list(callbacks or [])
         if not any(isinstance(c, GuiderBacktrack) for c in callbacks):
             callbacks.append(GuiderBacktrack())
-        super().__init__(*args, callbacks=callbacks, **kwargs)
+        super().__init__(task, algorithm_config, model_config, seed, config, critic_model_config, callbacks)
 
     def _setup_algorithm(self):
         super()._setup_algorithm()
@@ -118,7 +144,47 @@ class MagpoExperiment(Experiment):
         to_log["eval_guider/reward/episode_reward_mean"] = torch.stack(group_means).mean().item()
         self.logger.log(to_log, step=self.n_iters_performed)
 
-    # ------------------------------------------------------------------ checkpoints
+    def evaluate(self) -> Dict[str, float]:
+        """One evaluation of the current (restored) policies; prints the numbers and writes them to
+        ``<run>/evaluations/<checkpoint name>.json``. The training logs are not touched."""
+        recorder = _Recorder()
+        loggers, json_writer = self.logger.loggers, self.logger.json_writer
+        self.logger.loggers, self.logger.json_writer = [recorder], None
+        try:
+            from benchmarl.utils import seed_everything
+
+            seed_everything(self.seed)
+            self._evaluation_loop()
+        finally:
+            self.logger.loggers, self.logger.json_writer = loggers, json_writer
+        results = {name: value for name, value in recorder.values.items() if name.startswith("eval")}
+        source = Path(self.config.restore_file).stem if self.config.restore_file else f"iteration_{self.n_iters_performed}"
+        out = self.folder_name / "evaluations" / f"{source}.json"
+        out.parent.mkdir(exist_ok=True)
+        record = {"checkpoint": self.config.restore_file, "iteration": self.n_iters_performed,
+                  "total_frames": self.total_frames, "seed": self.seed, **results}
+        partial = out.with_name(out.name + ".partial")
+        partial.write_text(json.dumps(record, indent=2))
+        partial.replace(out)
+        policies = "learner" if isinstance(self.algorithm, Magpo) else "policy"
+        print(f"evaluation of {source} ({self.config.evaluation_episodes} episodes, {policies}):")
+        for name, value in results.items():
+            print(f"  {name} = {value:.6g}")
+        print(f"written to {out}")
+        return results
+
+    # ------------------------------------------------------------------ checkpoints and resume
+
+    def _setup_name(self) -> None:
+        # BenchMARL rewrites the run's config.pkl when a run is restored; keep the original so a
+        # resume or an evaluation that fails later changes no file of the run.
+        original = None
+        if self.config.restore_file is not None:
+            pickled = Path(self.config.restore_file).resolve().parent.parent / "config.pkl"
+            original = (pickled, pickled.read_bytes()) if pickled.is_file() else None
+        super()._setup_name()
+        if original is not None and (self.folder_name / "config.pkl").resolve() == original[0]:
+            original[0].write_bytes(original[1])
 
     def state_dict(self):
         state = super().state_dict()
@@ -126,26 +192,65 @@ class MagpoExperiment(Experiment):
             group: {name: optimizer.state_dict() for name, optimizer in optimizers.items()}
             for group, optimizers in self.optimizers.items()
         }
+        state["rng"] = rng_state()
+        state["run"] = dict(self._run_identity, groups=list(self.group_map), seed=self.seed)
         return state
 
     def load_state_dict(self, state_dict: Dict) -> None:
         super().load_state_dict(state_dict)
-        for group, optimizers in state_dict.get("optimizers", {}).items():
+        for group, optimizers in state_dict["optimizers"].items():
             for name, optimizer_state in optimizers.items():
                 self.optimizers[group][name].load_state_dict(optimizer_state)
+        self._resume_rng = state_dict["rng"]
+
+    def _load_experiment(self) -> "MagpoExperiment":
+        state, self._checkpoint = self._checkpoint, None  # read and validated in __init__
+        saved_groups = state["run"]["groups"]
+        if saved_groups != list(self.group_map):
+            raise ValueError(
+                f"checkpoint {self.config.restore_file}: agent groups {saved_groups}, this run has {list(self.group_map)}"
+            )
+        self.load_state_dict(state)
+        trim_scalar_logs(self.folder_name / self.name, first_step=self.n_iters_performed)
+        return self
+
+    def _collection_loop(self):
+        if self._resume_rng is not None:  # continue the generators exactly where the checkpoint left them
+            set_rng_state(self._resume_rng)
+            self._resume_rng = None
+            self._restart_environments()
+        super()._collection_loop()
+
+    def _restart_environments(self) -> None:
+        """Reseed every environment from the torch generator and reset the collection ones: the
+        state a resumed run can rebuild exactly, since environments do not save theirs."""
+        if self.config.collect_with_grad:
+            return  # BenchMARL keeps that path's environment state in a local variable
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        self.test_env.set_seed(self.collector.set_seed(seed))
+        self.collector.reset()
 
     def _save_experiment(self) -> None:
-        """BenchMARL's checkpointing (same folder, names and retention), written atomically."""
+        """BenchMARL's checkpointing (same folder, names and retention), written atomically,
+        followed by the environment restart that resuming from it repeats."""
+        checkpoint = self.folder_name / "checkpoints" / f"checkpoint_{self.total_frames}.pt"
+        if self._checkpointed_files and self._checkpointed_files[-1] == checkpoint:
+            return  # the final save right after a periodic one at the same frame count
         if self.config.keep_checkpoints_num is not None:
             while len(self._checkpointed_files) >= self.config.keep_checkpoints_num:
                 self._checkpointed_files.popleft().unlink(missing_ok=False)
-        folder = self.folder_name / "checkpoints"
-        folder.mkdir(parents=False, exist_ok=True)
-        checkpoint = folder / f"checkpoint_{self.total_frames}.pt"
-        partial = checkpoint.with_name(checkpoint.name + ".partial")
-        try:
-            torch.save(self.state_dict(), partial)
-            os.replace(partial, checkpoint)
-        finally:
-            partial.unlink(missing_ok=True)
+        checkpoint.parent.mkdir(parents=False, exist_ok=True)
+        save_atomically(self.state_dict(), checkpoint)
         self._checkpointed_files.append(checkpoint)
+        if self.n_iters_performed < self.config.get_max_n_iters(self.on_policy):
+            self._restart_environments()
+
+
+class _Recorder:
+    """A torchrl-logger stand-in that keeps the last value of every scalar (for ``evaluate``)."""
+
+    def __init__(self):
+        self.values: Dict[str, float] = {}
+
+    def log_scalar(self, name: str, value, step=None) -> None:
+        self.values[name] = float(value)

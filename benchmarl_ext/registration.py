@@ -5,6 +5,8 @@ in ``conf/algorithm`` and ``conf/task`` extends)."""
 from __future__ import annotations
 
 import functools
+import sys
+import types
 
 from benchmarl.algorithms import algorithm_config_registry
 from benchmarl.environments import task_config_registry
@@ -26,3 +28,12 @@ def register() -> None:
         store.store(name=f"{name}_config", group="algorithm", node=config)
     task_config_registry.update(TASKS)
     store.store(name="coordsum_config", group="task", node=CoordSumTaskConfig)
+    # BenchMARL type-checks a task's fields with the TaskConfig dataclass it imports from the
+    # module benchmarl.environments.<env>.<task>, and warns "dataclass not found" when there is
+    # none. These module entries point it at ours.
+    package = sys.modules.setdefault("benchmarl.environments.coordsum", types.ModuleType("benchmarl.environments.coordsum"))
+    package.__path__ = []
+    for name in TASKS:
+        module = types.ModuleType(f"benchmarl.environments.{name.replace('/', '.')}")
+        module.TaskConfig = CoordSumTaskConfig
+        sys.modules.setdefault(module.__name__, module)

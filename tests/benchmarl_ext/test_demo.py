@@ -34,3 +34,12 @@ def test_bad_values_stop_before_training(override, name):
 def test_bad_loss_value_names_the_field():
     with pytest.raises(ValueError, match="delta"):
         demo.run(compose_demo(["iterations=1", "seeds=1", "methods.magpo.delta=0.9"]))
+
+
+def test_the_command_writes_no_file(tmp_path):
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "benchmarl_ext.demo", "iterations=1", "seeds=1"], cwd=tmp_path, check=True,
+                   capture_output=True)
+    assert list(tmp_path.iterdir()) == []
