@@ -303,3 +303,25 @@ def test_bad_values_are_refused_before_any_environment(overrides, field, monkeyp
     cfg, task_name = compose_config(["algorithm=magpo", *suite, *overrides])
     with pytest.raises(ValueError, match="^" + field.replace(".", r"\.")):
         cli.build_experiment(cfg, task_name)
+
+
+@pytest.mark.parametrize(
+    "environment, expected",
+    [({}, 1), ({"MAGPO_NUM_THREADS": "2"}, 2), ({"OMP_NUM_THREADS": "2"}, "torch's own"),
+     ({"MAGPO_NUM_THREADS": "2", "OMP_NUM_THREADS": "1"}, 2)],
+)
+def test_thread_count_of_the_command(environment, expected, monkeypatch):
+    for name in ("MAGPO_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    torch.set_num_threads(3)  # torch read OMP_NUM_THREADS at start-up; here, an arbitrary current count
+    assert cli.configure_threads() == (3 if expected == "torch's own" else expected)
+    assert torch.get_num_threads() == (3 if expected == "torch's own" else expected)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", ""])
+def test_bad_thread_count_names_the_variable(value, monkeypatch):
+    monkeypatch.setenv("MAGPO_NUM_THREADS", value)
+    with pytest.raises(SystemExit, match="MAGPO_NUM_THREADS must be an integer >= 1"):
+        cli.configure_threads()

@@ -1,0 +1,164 @@
+"""Training throughput of MAPPO and every MAGPO guider, one run after another.
+
+    python benchmarks/throughput.py                       # ~15 min on 2 cores; nothing else may run
+    python benchmarks/throughput.py --iterations 4 --tasks coordsum --profile
+
+Each run is ``benchmarl run`` in a fresh process (so start-up and peak memory are its own), with
+evaluation and checkpoints off, one after the other. Tasks:
+
+* ``coordsum``: CoordSum-3x10 with the authors' tuned settings for it (64 envs x 128 steps =
+  8,192 frames per iteration, 10 epochs x 8 minibatches; MAGPO: ``magpo_coordsum_3x10``);
+* ``balance``: vmas/balance with the ``cpu`` preset (3,000 frames, 4 epochs x 2 minibatches).
+
+Reported per run: median collection, training and total seconds per iteration (iterations after
+the first), frames/s, the ratio of total time to MAPPO's on the same task, start-up seconds
+(process start to the first iteration) and peak resident memory. ``--profile`` adds a cProfile
+of MAGPO's (transformer guider) training on CoordSum, top entries by own time. Writes
+``throughput.md`` (and ``throughput_profile.txt``) to ``--out`` with date, machine, versions,
+commit and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runs_common import provenance  # noqa: E402
+
+from benchmarl_ext.plots import read_scalar  # noqa: E402
+
+AUTHORS_3X10 = ["experiment.on_policy_collected_frames_per_batch=8192", "experiment.on_policy_n_envs_per_worker=64",
+                "experiment.on_policy_n_minibatch_iters=10", "experiment.on_policy_minibatch_size=1024"]
+TASKS = {
+    "coordsum": (["task=coordsum/3x10", "experiment=coordsum", *AUTHORS_3X10], 8192, "magpo_coordsum_3x10"),
+    "balance": (["task=vmas/balance", "experiment=cpu"], 3000, "magpo"),
+}
+GUIDERS = ("transformer", "anchored", "residual")
+
+# Runs in the child: time stamps the entry of the training loop, reports peak memory at the end.
+CHILD = """
+import resource, sys, time
+from benchmarl_ext.experiment import MagpoExperiment
+loop = MagpoExperiment._collection_loop
+def timed(self):
+    print("LOOP_START", time.time(), flush=True)
+    return loop(self)
+MagpoExperiment._collection_loop = timed
+from benchmarl_ext.cli import main
+main(sys.argv[1:])
+print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+"""
+
+
+def run(overrides: list[str], run_dir: Path, threads: int) -> dict:
+    """One ``benchmarl run`` in a fresh process; its per-iteration medians, start-up and memory."""
+    env = dict(os.environ, MAGPO_NUM_THREADS=str(threads))
+    env.pop("OMP_NUM_THREADS", None)
+    started = time.time()
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, "run", *overrides, f"hydra.run.dir={run_dir}"],
+        check=True, capture_output=True, text=True, env=env,
+    ).stdout
+    marks = dict(line.split()[:2] for line in out.splitlines() if line.startswith(("LOOP_START", "PEAK_RSS_KB")))
+    (folder,) = [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    cell = {}
+    for key in ("collection", "training", "iteration"):
+        per_iteration = read_scalar(folder, f"timers_{key}_time")
+        cell[key] = statistics.median(v for step, v in per_iteration.items() if step > 0)
+    cell["startup"] = float(marks["LOOP_START"]) - started
+    cell["peak_mb"] = int(marks["PEAK_RSS_KB"]) / 1024
+    return cell
+
+
+def profile(overrides: list[str], out: Path, threads: int, top: int = 30) -> None:
+    """cProfile of a short MAGPO run in this process; top entries by own time to ``out``."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+
+    from benchmarl_ext.cli import main
+
+    torch.set_num_threads(threads)
+    profiler = cProfile.Profile()
+    with tempfile.TemporaryDirectory() as scratch:
+        profiler.enable()
+        main(["run", *overrides, f"hydra.run.dir={scratch}"])
+        profiler.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    out.write_text(f"{provenance()}\nProfiled: benchmarl run {' '.join(overrides)}\n{text.getvalue()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=6, help="iterations per run, >= 2 (the first is not counted)")
+    parser.add_argument("--tasks", default="coordsum,balance", help=f"comma-separated, from {list(TASKS)}")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (the command's default: 1)")
+    parser.add_argument("--profile", action="store_true", help="also profile MAGPO training on CoordSum")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args()
+    tasks = args.tasks.split(",")
+    if args.iterations < 2 or args.threads < 1 or any(t not in TASKS for t in tasks):
+        parser.error(f"--iterations >= 2, --threads >= 1, --tasks from {list(TASKS)}")
+
+    load = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for task in tasks:
+            overrides, frames, magpo = TASKS[task]
+            budget = [f"experiment.max_n_frames={frames * args.iterations}", "experiment.evaluation=false",
+                      "experiment.checkpoint_at_end=false"]
+            algorithms = [("MAPPO", ["algorithm=mappo"])] + [
+                (f"MAGPO {guider}", [f"algorithm={magpo}", f"algorithm.guider={guider}"]) for guider in GUIDERS
+            ]
+            for name, algorithm in algorithms:
+                cell = run([*algorithm, *overrides, *budget], Path(scratch) / f"run{len(rows)}", args.threads)
+                cell["frames_per_s"] = frames / cell["iteration"]
+                rows.append((task, name, cell))
+                print(task, name, {k: round(v, 3) for k, v in cell.items()}, flush=True)
+
+    lines = [
+        "# Training throughput: MAPPO and MAGPO, seconds per iteration",
+        "",
+        provenance(),
+        f"{args.threads} torch thread(s) per run; load average before the first run {load:.2f} (1 min). "
+        f"Median of iterations 2..{args.iterations}; evaluation and checkpoints off. coordsum: CoordSum-3x10, "
+        "8,192 frames per iteration, 10 epochs x 8 minibatches (the authors' tuned settings), MAGPO "
+        "`magpo_coordsum_3x10`. balance: vmas/balance, `experiment=cpu` (3,000 frames, 4 x 2), MAGPO `magpo`.",
+        "",
+        "| task | algorithm | collection s | training s | total s | frames/s | total vs MAPPO | start-up s | peak MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for task, name, cell in rows:
+        mappo = next(c for t, n, c in rows if t == task and n == "MAPPO")
+        lines.append(
+            f"| {task} | {name} | {cell['collection']:.2f} | {cell['training']:.2f} | {cell['iteration']:.2f} | "
+            f"{cell['frames_per_s']:,.0f} | {cell['iteration'] / mappo['iteration']:.2f}x | {cell['startup']:.1f} | "
+            f"{cell['peak_mb']:,.0f} |"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "throughput.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if args.profile:
+        overrides, frames, magpo = TASKS["coordsum"]
+        profile(
+            [f"algorithm={magpo}", *overrides, f"experiment.max_n_frames={frames * 2}", "experiment.evaluation=false",
+             "experiment.checkpoint_at_end=false"],
+            args.out / "throughput_profile.txt", args.threads,
+        )
+        print(f"profile: {args.out / 'throughput_profile.txt'}")
+
+
+if __name__ == "__main__":
+    main()
