@@ -190,10 +190,11 @@ class _GuidedPPOLoss(PPOLoss):
             )
             advantage = tensordict.get(self.tensor_keys.advantage)
         if self.normalize_advantage and advantage.numel() > 1:
-            # Per minibatch, as in the authors' code: (A - mean) / (std + 1e-8).
+            # Per minibatch, as in the authors' code: (A - mean) / (std + 1e-8), with the population
+            # std (their jnp.std; torch.std would divide by n - 1).
             dims = [d for d in range(advantage.dim()) if d - advantage.dim() not in self._excluded_dims(advantage)]
             mean = advantage.mean(dim=dims, keepdim=True)
-            std = advantage.std(dim=dims, keepdim=True)
+            std = advantage.std(dim=dims, keepdim=True, correction=0)
             advantage = (advantage - mean) / (std + 1e-8)
         return advantage
 

@@ -118,7 +118,7 @@ def test_module_matches_independent_torch_distributions(family):
         action = batch["agents", "action"]
         behavior = batch["agents", "log_prob"]
         adv = batch["agents", "advantage"].squeeze(-1)
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        adv = (adv - adv.mean()) / (adv.std(correction=0) + 1e-8)  # population std, as the authors
         log_g, log_l = g_dist.log_prob(action), l_dist.log_prob(action)  # Jacobians cancel in ratios
         if family == "tanh_normal":
             base_g, base_l = D.Normal(g_dist.loc, g_dist.scale), D.Normal(l_dist.loc, l_dist.scale)
