@@ -2,6 +2,7 @@
 
     benchmarl run algorithm=magpo task=vmas/balance experiment=cpu   # any BenchMARL algorithm/task
     benchmarl run -m algorithm=magpo,mappo seed=0,1,2 task=vmas/balance experiment=cpu
+    benchmarl run -m hydra/sweeper=magpo_optuna algorithm=magpo task=vmas/balance experiment=cpu  # TPE search
     benchmarl resume outputs/.../checkpoints/checkpoint_60000.pt      # continues the run exactly
     benchmarl evaluate outputs/.../checkpoints/checkpoint_60000.pt    # prints, writes evaluations/*.json
 
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 THREADS_VARIABLE = "MAGPO_NUM_THREADS"
+OBJECTIVES = ("final", "auc")  # the run's return value: final evaluation return, or its mean over frames
 USAGE = """usage: benchmarl run [-m] OVERRIDE...        e.g. benchmarl run algorithm=magpo task=vmas/balance experiment=cpu
        benchmarl resume CHECKPOINT.pt
        benchmarl evaluate CHECKPOINT.pt"""
@@ -54,14 +56,25 @@ def _run_with_hydra(argv: list[str]) -> None:
     from benchmarl_ext import CONFIG_PACKAGE
     from benchmarl_ext.plots import plot_learning_curve
 
+    from benchmarl_ext.experiment import EvaluationCurve
+
     @hydra.main(config_path=CONFIG_PACKAGE, config_name="config", version_base=None)
-    def run(cfg: DictConfig) -> None:
+    def run(cfg: DictConfig) -> float:
+        """One run; returns its ``objective`` (what a sweeper such as Optuna maximises)."""
+        if cfg.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {cfg.objective!r}")
         choices = HydraConfig.get().runtime.choices
         print(f"\nAlgorithm: {choices.algorithm}, Task: {choices.task}\n")
         print(OmegaConf.to_yaml(cfg))
-        experiment = build_experiment(cfg, task_name=choices.task)
+        curve = EvaluationCurve()
+        experiment = build_experiment(cfg, task_name=choices.task, callbacks=[curve])
         experiment.run()
         print(f"learning curve: {plot_learning_curve(experiment.folder_name)}")
+        if not curve.points:
+            return float("nan")
+        value = curve.objective(cfg.objective)
+        print(f"objective ({cfg.objective} evaluation return): {value:.6g}")
+        return value
 
     sys.argv = ["benchmarl run", *argv]
     run()

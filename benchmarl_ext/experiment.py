@@ -46,6 +46,29 @@ class GuiderBacktrack(Callback):
             algorithm.backtrack(group)
 
 
+class EvaluationCurve(Callback):
+    """Keeps ``(total frames, mean evaluation return)`` of every evaluation of the policy BenchMARL
+    evaluates (for MAGPO, the learner): the objective of a hyperparameter sweep."""
+
+    def __init__(self):
+        super().__init__()
+        self.points: List[tuple[int, float]] = []
+
+    def on_evaluation_end(self, rollouts: List[TensorDictBase]) -> None:
+        per_group = [episode_returns(rollouts, group).mean() for group in self.experiment.group_map]
+        self.points.append((self.experiment.total_frames, torch.stack(per_group).mean().item()))
+
+    def objective(self, kind: str) -> float:
+        """``final``: the last evaluation's return; ``auc``: the trapezoid mean over frames."""
+        if not self.points:
+            raise RuntimeError("no evaluation ran: set experiment.evaluation=true for a sweep objective")
+        frames, returns = zip(*self.points)
+        if kind == "final" or len(self.points) == 1:
+            return returns[-1]
+        area = sum((f1 - f0) * (r0 + r1) / 2 for f0, f1, r0, r1 in zip(frames, frames[1:], returns, returns[1:]))
+        return area / (frames[-1] - frames[0])
+
+
 def episode_returns(rollouts: List[TensorDictBase], group: str) -> torch.Tensor:
     """Per-episode return of ``group`` as BenchMARL's evaluation logs it: each rollout cut at its
     first done, rewards summed over time and averaged over the group's agents."""
