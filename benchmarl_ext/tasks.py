@@ -10,7 +10,7 @@ from benchmarl.environments.common import Task, TaskClass
 from torchrl.data import Composite
 from torchrl.envs import EnvBase
 
-from magpo.envs.coordsum import GROUP, MEMORIES, CoordSumEnv
+from magpo.envs.coordsum import GROUP, MEMORIES, TIME_LIMIT_MODES, CoordSumEnv
 
 
 class CoordSumClass(TaskClass):
@@ -81,6 +81,7 @@ class CoordSumTaskConfig:
     maxval: int = 30
     time_limit: int = 100
     memory: str = "authors"
+    time_limit_mode: str = "terminate"
 
     def __post_init__(self):
         for name, low in (("n_agents", 2), ("num_actions", 2), ("maxval", 1), ("time_limit", 1)):
@@ -89,3 +90,5 @@ class CoordSumTaskConfig:
                 raise ValueError(f"task.{name} must be an integer >= {low}, got {value!r}")
         if self.memory not in MEMORIES:
             raise ValueError(f"task.memory must be one of {MEMORIES}, got {self.memory!r}")
+        if self.time_limit_mode not in TIME_LIMIT_MODES:
+            raise ValueError(f"task.time_limit_mode must be one of {TIME_LIMIT_MODES}, got {self.time_limit_mode!r}")

@@ -12,6 +12,10 @@ within the episode (no record: guess 0; ties: the smallest action). After the re
 action is recorded. Episodes last ``time_limit`` (100) steps; the targets of an episode are
 drawn uniformly in ``[0, maxval)`` at reset.
 
+``time_limit_mode`` says what the last step is: ``"terminate"`` (default, the authors' code: the
+episode ends with discount 0, so GAE does not bootstrap past it) or ``"truncate"`` (a time-out:
+GAE bootstraps the value of the state after the last step).
+
 ``memory`` chooses how records are kept (docs/design.md, "BenchMARL"):
 
 * ``"authors"`` (default, what the paper's Table 1 numbers come from): the authors' JAX code keeps
@@ -30,6 +34,7 @@ from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 MEMORIES = ("authors", "per_target")
+TIME_LIMIT_MODES = ("terminate", "truncate")
 # the paper's tasks: name -> (n_agents, num_actions, maxval); authors' mava/coordsum/__init__.py
 TASKS = {"3x10": (3, 10, 30), "3x30": (3, 30, 50), "5x20": (5, 20, 80), "8x15": (8, 15, 100)}
 GROUP = "agents"
@@ -43,6 +48,7 @@ class CoordSumEnv(EnvBase):
         num_actions: actions per agent, >= 2 (each picks an integer in [0, num_actions)).
         maxval: targets are drawn in [0, maxval), >= 1.
         time_limit: steps per episode, >= 1 (paper: 100).
+        time_limit_mode: ``"terminate"`` or ``"truncate"`` (see the module docstring).
         memory: ``"authors"`` or ``"per_target"`` (see the module docstring).
         batch_size: number of parallel games, e.g. ``(64,)``.
         device: where the state lives.
@@ -58,6 +64,7 @@ class CoordSumEnv(EnvBase):
         maxval: int = 30,
         time_limit: int = 100,
         memory: str = "authors",
+        time_limit_mode: str = "terminate",
         batch_size=(),
         device=None,
         seed: int | None = None,
@@ -68,6 +75,9 @@ class CoordSumEnv(EnvBase):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if memory not in MEMORIES:
             raise ValueError(f"memory must be one of {MEMORIES}, got {memory!r}")
+        if time_limit_mode not in TIME_LIMIT_MODES:
+            raise ValueError(f"time_limit_mode must be one of {TIME_LIMIT_MODES}, got {time_limit_mode!r}")
+        self.terminates = time_limit_mode == "terminate"
         super().__init__(device=device, batch_size=torch.Size(batch_size))
         self.n_agents, self.num_actions, self.maxval, self.time_limit, self.memory = (
             n_agents, num_actions, maxval, time_limit, memory
@@ -161,7 +171,9 @@ class CoordSumEnv(EnvBase):
                     },
                     [*self.batch_size, self.n_agents],
                 ),
-                "done": done, "terminated": torch.zeros_like(done), "truncated": done.clone(),
+                "done": done,
+                "terminated": done.clone() if self.terminates else torch.zeros_like(done),
+                "truncated": torch.zeros_like(done) if self.terminates else done.clone(),
             },
             self.batch_size,
             device=self.device,

@@ -291,6 +291,7 @@ BAD_VALUES = [
     (["task.memory=global"], "task.memory"),  # task.* rows run on coordsum/3x10
     (["task.n_agents=1"], "task.n_agents"),
     (["task.time_limit=0"], "task.time_limit"),
+    (["task.time_limit_mode=stop"], "task.time_limit_mode"),
 ]
 
 

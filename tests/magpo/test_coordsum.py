@@ -67,12 +67,28 @@ def test_memory_resets_between_episodes():
     assert play(env, [[1, 1, 3]]).tolist() == [2.0]  # the record of episode 1 is gone: guess 0
 
 
-def test_episode_ends_after_time_limit():
-    env = CoordSumEnv(batch_size=(2,), time_limit=7, seed=1)
+@pytest.mark.parametrize("mode, ending, other", [("terminate", "terminated", "truncated"), ("truncate", "truncated", "terminated")])
+def test_episode_ends_after_time_limit(mode, ending, other):
+    env = CoordSumEnv(batch_size=(2,), time_limit=7, time_limit_mode=mode, seed=1)
     rollout = env.rollout(20, break_when_any_done=True)
     assert rollout.batch_size == (2, 7)
     assert rollout["next", "done"][:, -1].all() and not rollout["next", "done"][:, :-1].any()
-    assert rollout["next", "truncated"][:, -1].all() and not rollout["next", "terminated"].any()
+    assert rollout["next", ending][:, -1].all() and not rollout["next", ending][:, :-1].any()
+    assert not rollout["next", other].any()
+
+
+@pytest.mark.parametrize("mode", ["terminate", "truncate"])
+def test_gae_bootstraps_past_the_time_limit_only_when_truncating(mode):
+    from torchrl.objectives.value.functional import generalized_advantage_estimate
+
+    rollout = CoordSumEnv(time_limit=4, time_limit_mode=mode, seed=0).rollout(4)
+    reward = rollout["next", "agents", "reward"][:, 0]  # [T, 1]: the team reward
+    value, next_value = torch.zeros(4, 1), torch.full((4, 1), 10.0)  # V = 0 now, 10 after each step
+    advantage, _ = generalized_advantage_estimate(
+        0.9, 0.95, value, next_value, reward, rollout["next", "done"], rollout["next", "terminated"]
+    )
+    last = reward[-1] + (9.0 if mode == "truncate" else 0.0)  # gamma * V(s_T) only for a time-out
+    torch.testing.assert_close(advantage[-1], last)
 
 
 def test_games_in_a_batch_are_independent():
@@ -99,6 +115,7 @@ def test_seeding_makes_targets_reproducible():
 def test_tasks_and_bad_arguments():
     assert TASKS == {"3x10": (3, 10, 30), "3x30": (3, 30, 50), "5x20": (5, 20, 80), "8x15": (8, 15, 100)}
     for kwargs, name in ((dict(n_agents=1), "n_agents"), (dict(num_actions=1), "num_actions"), (dict(maxval=0), "maxval"),
-                         (dict(time_limit=0), "time_limit"), (dict(memory="global"), "memory")):
+                         (dict(time_limit=0), "time_limit"), (dict(memory="global"), "memory"),
+                         (dict(time_limit_mode="stop"), "time_limit_mode")):
         with pytest.raises(ValueError, match=name):
             CoordSumEnv(**kwargs)
