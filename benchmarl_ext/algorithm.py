@@ -125,6 +125,12 @@ class Magpo(Mappo):
         """The guiders of all groups (the centralized-execution reference)."""
         return TensorDictSequential(*(self._guider_samplers[group] for group in self.group_map))
 
+    def draw_training_order(self, group: str) -> None:
+        """``agent_order="per_epoch"``: one random permutation of ``group``'s agents under which the
+        guider's log-probs are recomputed until the next call (a PPO epoch)."""
+        teacher_forced = self._guider_samplers[group].teacher_forced
+        teacher_forced.training_order = torch.randperm(teacher_forced.core.n_agents, device=self.device)
+
     @torch.no_grad()
     def backtrack(self, group: str) -> None:
         """Paper step 4: reset the (residual) guider to the learner, in place."""

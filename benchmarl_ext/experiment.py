@@ -18,6 +18,8 @@ behaviour MAGPO needs, and the checks and resume guarantees every run deserves
   after the checkpoint, so steps are not repeated.
 * Backtracking (``algorithm.backtrack=true``): after each group's optimizer steps the residual
   guider is reset to the learner, through the public ``on_train_end`` callback.
+* ``algorithm.agent_order=per_epoch``: a new training order at every PPO epoch, through the
+  ``on_batch_collected`` and ``on_train_step`` callbacks.
 """
 
 from __future__ import annotations
@@ -44,6 +46,29 @@ class GuiderBacktrack(Callback):
         algorithm = self.experiment.algorithm
         if isinstance(algorithm, Magpo) and algorithm.backtrack_enabled:
             algorithm.backtrack(group)
+
+
+class PerEpochAgentOrder(Callback):
+    """``algorithm.agent_order=per_epoch``: a new random agent order for the guider's training
+    log-probs at the start of every PPO epoch (the authors' scheme; collection keeps agent 0 first)."""
+
+    def _active(self) -> bool:
+        algorithm = self.experiment.algorithm
+        return isinstance(algorithm, Magpo) and algorithm.agent_order == "per_epoch"
+
+    def on_batch_collected(self, batch: TensorDictBase) -> None:
+        if self._active():
+            self._steps = dict.fromkeys(self.experiment.train_group_map, 0)
+            for group in self._steps:
+                self.experiment.algorithm.draw_training_order(group)
+
+    def on_train_step(self, batch: TensorDictBase, group: str) -> None:
+        if self._active():
+            config, on_policy = self.experiment.config, self.experiment.on_policy
+            per_epoch = -(-config.train_batch_size(on_policy) // config.train_minibatch_size(on_policy))
+            self._steps[group] += 1
+            if self._steps[group] % per_epoch == 0:
+                self.experiment.algorithm.draw_training_order(group)
 
 
 class EvaluationCurve(Callback):
@@ -109,8 +134,9 @@ class MagpoExperiment(Experiment):
         )
         self._resume_rng = None
         callbacks = list(callbacks or [])
-        if not any(isinstance(c, GuiderBacktrack) for c in callbacks):
-            callbacks.append(GuiderBacktrack())
+        for needed in (GuiderBacktrack, PerEpochAgentOrder):
+            if not any(isinstance(c, needed) for c in callbacks):
+                callbacks.append(needed())
         super().__init__(task, algorithm_config, model_config, seed, config, critic_model_config, callbacks)
 
     def _setup_algorithm(self):

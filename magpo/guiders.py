@@ -20,7 +20,9 @@ Both run in two modes, wrapped by :func:`make_guider_policies`:
   stored joint action and the stored execution order;
 * sequential sampling (collection): agents act one after the other, each conditioned on the
   actions already taken; the order (fixed, or a fresh random permutation per step) is written
-  to the batch as ``(group, "agent_order")`` so training recomputes log-probs under it. A core
+  to the batch as ``(group, "agent_order")`` so training recomputes log-probs under it
+  (``per_epoch``, the authors' scheme: collection in the fixed order, and training under one
+  permutation per PPO epoch set in :attr:`TeacherForcedGuider.training_order`). A core
   whose parameters cannot currently depend on the previous actions (a residual guider right
   at initialisation or after a reset) samples all agents in one pass, which draws from the same joint distribution.
 
@@ -48,7 +50,7 @@ from torch.distributions import Categorical
 from torchrl.data import Composite, TensorSpec
 from torchrl.modules import IndependentNormal, MaskedCategorical, TanhNormal
 
-AGENT_ORDERS = ("fixed", "random")
+AGENT_ORDERS = ("fixed", "random", "per_epoch")
 GUIDER_KINDS = ("transformer", "anchored", "residual")
 
 
@@ -328,7 +330,11 @@ class AnchoredGuider(_CorrectedGuider):
 
 
 class TeacherForcedGuider(TensorDictModuleBase):
-    """The loss side: writes every agent's parameters given the stored action and order."""
+    """The loss side: writes every agent's parameters given the stored action and order.
+
+    ``training_order`` (``[n_agents]``, or None) replaces the stored order of every sample when
+    set: ``agent_order="per_epoch"`` sets one random permutation per PPO epoch.
+    """
 
     def __init__(self, core: _GuiderCore, action_key: NestedKey, order_key: NestedKey, out_key: NestedKey):
         super().__init__()
@@ -336,9 +342,13 @@ class TeacherForcedGuider(TensorDictModuleBase):
         self.action_key, self.order_key, self.out_key = action_key, order_key, out_key
         self.in_keys = list(dict.fromkeys(core.in_keys + [action_key, order_key]))
         self.out_keys = [out_key]
+        self.training_order: torch.Tensor | None = None
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        params = self.core.params(tensordict, tensordict.get(self.action_key), tensordict.get(self.order_key))
+        order = tensordict.get(self.order_key)
+        if self.training_order is not None:
+            order = self.training_order.expand_as(order)
+        params = self.core.params(tensordict, tensordict.get(self.action_key), order)
         tensordict.set(self.out_key, params)
         return tensordict
 
@@ -387,7 +397,7 @@ class SequentialGuiderSampler(TensorDictModuleBase):
         self.out_keys = [self.action_key, log_prob_key, self.order_key, *teacher_forced.out_keys]
 
     def _order(self, batch_shape: torch.Size, device: torch.device) -> torch.Tensor:
-        if self.agent_order == "fixed":
+        if self.agent_order in ("fixed", "per_epoch"):  # per_epoch permutes in training only
             return torch.arange(self.n_agents, device=device).expand(*batch_shape, self.n_agents)
         return torch.argsort(torch.rand(*batch_shape, self.n_agents, device=device), dim=-1)
 
@@ -485,7 +495,8 @@ def make_guider(
             the residual guider copies it).
         width: transformer embedding size, or the correction's hidden size.
         heads, layers: transformer attention heads (dividing ``width``) and layers.
-        agent_order: ``"random"`` (a stored permutation per step) or ``"fixed"``.
+        agent_order: ``"random"`` (a stored permutation per step), ``"fixed"``, or ``"per_epoch"``
+            (collect in the fixed order; the trainer sets ``training_order`` per epoch).
         action_mask: discrete actions read ``(group, "action_mask")``.
         scale_mapping: Normal scale mapping of the parameter extractor (continuous).
         tanh_normal: TanhNormal (True) or IndependentNormal (False) for continuous actions.

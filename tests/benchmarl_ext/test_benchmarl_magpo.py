@@ -207,6 +207,28 @@ def test_resume_command_reloads_a_run(tmp_path):
     experiment.close()
 
 
+def test_per_epoch_order_draws_one_permutation_per_epoch(tmp_path, monkeypatch):
+    from benchmarl_ext.algorithm import Magpo
+
+    drawn = []
+    draw = Magpo.draw_training_order
+
+    def record(self, group):
+        draw(self, group)
+        drawn.append(self._guider_samplers[group].teacher_forced.training_order.clone())
+
+    monkeypatch.setattr(Magpo, "draw_training_order", record)
+    experiment = make_experiment(tmp_path, ["algorithm=magpo", *SMALL_GUIDER, "algorithm.agent_order=per_epoch",
+                                            "experiment.evaluation=false"])
+    teacher_forced = experiment.algorithm._guider_samplers["agents"].teacher_forced
+    assert experiment.losses["agents"].actor_network.module[0] is teacher_forced  # the loss reads the order set here
+    experiment.run()
+    # 2 iterations x (one at collection + one after each of the 2 epochs of 2 minibatches)
+    assert len(drawn) == 2 * (1 + 2)
+    assert all(sorted(order.tolist()) == [0, 1, 2, 3] for order in drawn)
+    assert len({tuple(order.tolist()) for order in drawn}) > 1
+
+
 def test_plain_benchmarl_experiment_is_refused(tmp_path):
     from benchmarl.hydra_config import load_experiment_from_hydra
 

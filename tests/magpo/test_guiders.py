@@ -110,6 +110,26 @@ def test_orders_random_per_step_or_fixed():
         build("transformer", False, agent_order="alphabetical")
 
 
+def test_per_epoch_order_collects_in_the_fixed_order_and_trains_under_the_set_permutation():
+    _, _, for_loss, for_collection = build("transformer", False, agent_order="per_epoch")
+    data = batch()
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        for_collection(data)
+        assert (data["agents", "agent_order"] == torch.arange(AGENTS)).all()
+        teacher_forced = for_loss.module[0]
+        collected = for_loss.get_dist(data.clone()).log_prob(data["agents", "action"])
+        torch.testing.assert_close(collected, data["agents", "log_prob"], rtol=1e-5, atol=1e-5)  # no order set
+
+        permutation = torch.tensor([2, 0, 3, 1])
+        teacher_forced.training_order = permutation
+        permuted = for_loss.get_dist(data.clone()).log_prob(data["agents", "action"])
+        stored = data.clone()
+        stored["agents", "agent_order"] = permutation.expand(BATCH, AGENTS)  # the same order, stored
+        teacher_forced.training_order = None
+        torch.testing.assert_close(permuted, for_loss.get_dist(stored).log_prob(stored["agents", "action"]), rtol=0, atol=0)
+        assert not torch.allclose(permuted, collected)  # so the first epoch's ratio is not 1
+
+
 @pytest.mark.parametrize("continuous", [False, True])
 def test_backtrack_makes_guider_equal_learner_on_random_inputs(continuous):
     core, learner_net, for_loss, for_collection = build("residual", continuous)
