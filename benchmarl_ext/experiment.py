@@ -32,6 +32,7 @@ import torch
 from benchmarl.environments import Task
 from benchmarl.experiment import Experiment
 from benchmarl.experiment.callback import Callback
+from benchmarl.utils import seed_everything
 from tensordict import TensorDictBase
 
 from benchmarl_ext.algorithm import Magpo
@@ -200,8 +201,6 @@ class MagpoExperiment(Experiment):
         loggers, json_writer = self.logger.loggers, self.logger.json_writer
         self.logger.loggers, self.logger.json_writer = [recorder], None
         try:
-            from benchmarl.utils import seed_everything
-
             seed_everything(self.seed)
             self._evaluation_loop()
         finally:
