@@ -15,8 +15,8 @@ command uses) and refuses a plain ``Experiment``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Type
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Type
 
 import torch
 from benchmarl.algorithms.common import Algorithm
@@ -26,7 +26,7 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential
 from torchrl.objectives import ValueEstimators
 
-from magpo import LossOptions, MAGPOLoss
+from magpo import DeltaSchedule, LossOptions, MAGPOLoss
 from magpo.guiders import AGENT_ORDERS, GUIDER_KINDS, make_guider
 
 
@@ -35,6 +35,7 @@ class Magpo(Mappo):
 
     Args (besides MAPPO's, see :class:`MagpoConfig` for the meaning of each field):
         loss_options: the loss hyperparameters, built and validated once by the config.
+        delta_schedule: how delta adapts between iterations (``delta: auto``), or None (fixed).
         guider, guider_embed_dim, guider_heads, guider_layers, guider_lr, agent_order, backtrack,
         normalize_advantage, clip_value.
     """
@@ -42,6 +43,7 @@ class Magpo(Mappo):
     def __init__(
         self,
         loss_options: LossOptions,
+        delta_schedule: Optional[DeltaSchedule],
         guider: str,
         guider_embed_dim: int,
         guider_heads: int,
@@ -62,6 +64,7 @@ class Magpo(Mappo):
                 "(the `benchmarl run` command of this package does)."
             )
         self.loss_options = loss_options
+        self.delta_schedule = delta_schedule
         self.guider_type = guider
         self.guider_embed_dim = guider_embed_dim
         self.guider_heads = guider_heads
@@ -189,7 +192,9 @@ class Ctds(Magpo):
 class MagpoConfig(MappoConfig):
     """Configuration of :class:`Magpo`; every field is documented in ``conf/algorithm/magpo.yaml``."""
 
-    delta: float = LossOptions.delta
+    delta: Any = LossOptions.delta  # a number > 1, or "auto"
+    delta_target_kl: float = DeltaSchedule.target_kl
+    delta_bounds: List[float] = field(default_factory=lambda: [DeltaSchedule.low, DeltaSchedule.high])
     aux_coef: float = LossOptions.aux_coef
     learner_kl: str = LossOptions.learner_kl
     guider: str = "transformer"
@@ -204,9 +209,22 @@ class MagpoConfig(MappoConfig):
     backend: str = LossOptions.backend
 
     def __post_init__(self):
+        self.delta_schedule = None
+        delta = self.delta
+        if isinstance(delta, str):
+            if delta != "auto":
+                raise ValueError(f"algorithm.delta must be a number > 1 or 'auto', got {delta!r}")
+            bounds = list(self.delta_bounds) if not isinstance(self.delta_bounds, (str, bytes)) else None
+            if bounds is None or len(bounds) != 2:
+                raise ValueError(f"algorithm.delta_bounds must be [low, high], got {self.delta_bounds!r}")
+            try:
+                self.delta_schedule = DeltaSchedule(target_kl=self.delta_target_kl, low=bounds[0], high=bounds[1])
+            except ValueError as err:  # DeltaSchedule's messages start with the field's name
+                raise ValueError(f"algorithm.{err}") from None
+            delta = self.delta_schedule.start
         try:  # the loss options are validated here, once, and travel to the kernel as this object
             self.loss_options = LossOptions(
-                delta=self.delta, clip_epsilon=self.clip_epsilon, aux_coef=self.aux_coef, learner_kl=self.learner_kl,
+                delta=delta, clip_epsilon=self.clip_epsilon, aux_coef=self.aux_coef, learner_kl=self.learner_kl,
                 backend=self.backend,
             )
         except (TypeError, ValueError) as err:  # LossOptions' messages start with the field's name
@@ -239,9 +257,11 @@ class MagpoConfig(MappoConfig):
             raise ValueError(f"algorithm.lmbda must be in [0, 1], got {self.lmbda}")
 
     def get_algorithm(self, experiment) -> Algorithm:
-        """The algorithm, given the validated :class:`LossOptions` in place of the fields it was
-        built from (``clip_epsilon`` also stays: MAPPO's constructor takes it)."""
-        fields = {k: v for k, v in self.__dict__.items() if k not in ("delta", "aux_coef", "learner_kl", "backend")}
+        """The algorithm, given the validated :class:`LossOptions` and :class:`DeltaSchedule` in
+        place of the fields they were built from (``clip_epsilon`` also stays: MAPPO's
+        constructor takes it)."""
+        consumed = ("delta", "delta_target_kl", "delta_bounds", "aux_coef", "learner_kl", "backend")
+        fields = {k: v for k, v in self.__dict__.items() if k not in consumed}
         return self.associated_class()(**fields, experiment=experiment)
 
     @staticmethod

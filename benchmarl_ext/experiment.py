@@ -18,6 +18,8 @@ behaviour MAGPO needs, and the checks and resume guarantees every run deserves
   after the checkpoint, so steps are not repeated.
 * Backtracking (``algorithm.backtrack=true``): after each group's optimizer steps the residual
   guider is reset to the learner, through the public ``on_train_end`` callback.
+* ``algorithm.delta=auto``: delta adapts between iterations (:class:`magpo.DeltaSchedule`), is
+  logged as ``train/<group>/delta`` and is saved in checkpoints.
 * ``algorithm.agent_order=per_epoch``: a new training order at every PPO epoch, through the
   ``on_batch_collected`` and ``on_train_step`` callbacks.
 """
@@ -25,6 +27,7 @@ behaviour MAGPO needs, and the checks and resume guarantees every run deserves
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List
 
@@ -47,6 +50,21 @@ class GuiderBacktrack(Callback):
         algorithm = self.experiment.algorithm
         if isinstance(algorithm, Magpo) and algorithm.backtrack_enabled:
             algorithm.backtrack(group)
+
+
+class AdaptiveDelta(Callback):
+    """``algorithm.delta=auto``: after each group's training iteration, log the delta it used
+    (``train/<group>/delta``) and set the next one from its mean KL(guider || learner)."""
+
+    def on_train_end(self, training_td: TensorDictBase, group: str) -> None:
+        algorithm = self.experiment.algorithm
+        if not isinstance(algorithm, Magpo) or algorithm.delta_schedule is None:
+            return
+        loss = self.experiment.losses[group]
+        used = loss.options.delta
+        observed = training_td.get("learner_kl").mean().item()
+        loss.options = replace(loss.options, delta=algorithm.delta_schedule.next_delta(used, observed))
+        self.experiment.logger.log({f"train/{group}/delta": used}, step=self.experiment.n_iters_performed)
 
 
 class PerEpochAgentOrder(Callback):
@@ -135,7 +153,7 @@ class MagpoExperiment(Experiment):
         )
         self._resume_rng = None
         callbacks = list(callbacks or [])
-        for needed in (GuiderBacktrack, PerEpochAgentOrder):
+        for needed in (GuiderBacktrack, PerEpochAgentOrder, AdaptiveDelta):
             if not any(isinstance(c, needed) for c in callbacks):
                 callbacks.append(needed())
         super().__init__(task, algorithm_config, model_config, seed, config, critic_model_config, callbacks)
@@ -241,6 +259,7 @@ class MagpoExperiment(Experiment):
             for group, optimizers in self.optimizers.items()
         }
         state["rng"] = rng_state()
+        state["delta"] = {group: loss.options.delta for group, loss in self.losses.items()}  # moves with delta=auto
         state["run"] = dict(self._run_identity, groups=list(self.group_map), seed=self.seed)
         return state
 
@@ -249,6 +268,8 @@ class MagpoExperiment(Experiment):
         for group, optimizers in state_dict["optimizers"].items():
             for name, optimizer_state in optimizers.items():
                 self.optimizers[group][name].load_state_dict(optimizer_state)
+        for group, delta in state_dict["delta"].items():
+            self.losses[group].options = replace(self.losses[group].options, delta=delta)
         self._resume_rng = state_dict["rng"]
 
     def _load_experiment(self) -> "MagpoExperiment":

@@ -3,6 +3,7 @@
 Imports torch, tensordict, torchrl and :mod:`kernels`; never BenchMARL or Hydra.
 """
 
+from magpo.adaptive import DeltaSchedule
 from magpo.losses import GuiderClipLoss, LearnerKLPPOLoss, LossOptions, MAGPOLoss, NonFiniteLossError
 
-__all__ = ["GuiderClipLoss", "LearnerKLPPOLoss", "LossOptions", "MAGPOLoss", "NonFiniteLossError"]
+__all__ = ["DeltaSchedule", "GuiderClipLoss", "LearnerKLPPOLoss", "LossOptions", "MAGPOLoss", "NonFiniteLossError"]

@@ -229,6 +229,26 @@ def test_per_epoch_order_draws_one_permutation_per_epoch(tmp_path, monkeypatch):
     assert len({tuple(order.tolist()) for order in drawn}) > 1
 
 
+def test_auto_delta_follows_the_rule_is_logged_and_checkpointed(tmp_path):
+    from magpo import DeltaSchedule
+
+    experiment = make_experiment(tmp_path, ["algorithm=magpo", *SMALL_GUIDER, "algorithm.delta=auto",
+                                            "algorithm.delta_target_kl=1e-6", "experiment.max_n_frames=240"])
+    experiment.run()
+    folder = Path(experiment.folder_name)
+    used = read_scalar(folder, "train_agents_delta")
+    kl = read_scalar(folder, "train_agents_learner_kl")  # the mean over each iteration's steps
+    schedule = DeltaSchedule(target_kl=1e-6, low=1.1, high=3.0)
+    expected = [schedule.start]
+    for step in range(2):
+        expected.append(schedule.next_delta(expected[-1], kl[step]))
+    assert [used[s] for s in sorted(used)] == pytest.approx(expected, rel=1e-6)
+    assert expected[1] < expected[0]  # a random transformer guider is far from the learner: tighter
+    (checkpoint,) = (folder / "checkpoints").glob("checkpoint_*.pt")
+    saved = torch.load(checkpoint, weights_only=False)["delta"]["agents"]
+    assert saved == pytest.approx(schedule.next_delta(expected[-1], kl[2]), rel=1e-6)
+
+
 def test_plain_benchmarl_experiment_is_refused(tmp_path):
     from benchmarl.hydra_config import load_experiment_from_hydra
 
