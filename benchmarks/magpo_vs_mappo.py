@@ -8,7 +8,9 @@ Each (task, seed, algorithm) is one ``benchmarl run ... experiment=cpu`` in its 
 algorithms' order rotated from seed to seed so that machine drift hits all alike. Runs already
 finished under ``--out/runs`` are reused, so an interrupted set resumes and a new preset adds
 only its own runs. ``--magpo`` names the MAGPO presets (``conf/algorithm/*.yaml``) to run beside
-MAPPO. Writes to ``--out``:
+MAPPO; an entry may add overrides of its own after ``+``, e.g.
+``magpo_anchored+algorithm.lmbda=0.9+algorithm.normalize_advantage=false`` (an ablation).
+Writes to ``--out``:
 
 * ``magpo_vs_mappo.md``: per task, the learner's final evaluation return and its area under the
   evaluation curve (AUC: the trapezoid mean of the return over frames), each as mean +- 95% CI
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import statistics
 from pathlib import Path
 
@@ -116,7 +119,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="seeds per algorithm and task, >= 2")
     parser.add_argument("--tasks", default=DEFAULT_TASKS, help="comma-separated BenchMARL tasks")
     parser.add_argument("--experiment", default="cpu")
-    parser.add_argument("--magpo", default="magpo,magpo_anchored", help="comma-separated MAGPO algorithm presets")
+    parser.add_argument("--magpo", default="magpo,magpo_anchored",
+                        help="comma-separated MAGPO algorithm presets, each optionally followed by +override+...")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (one torch thread each when > 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
@@ -127,7 +131,7 @@ def main(argv=None) -> None:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     conf = Path(__file__).resolve().parents[1] / "conf" / "algorithm"
     presets = [p for p in args.magpo.split(",") if p]
-    unknown = [p for p in presets if not (conf / f"{p}.yaml").exists()]
+    unknown = [p for p in presets if not (conf / f"{p.split('+')[0]}.yaml").exists()]
     if unknown or not presets:
         parser.error(f"--magpo must name algorithm presets in conf/algorithm/ (e.g. magpo,magpo_anchored), got {args.magpo!r}")
     tasks = [t for t in args.tasks.split(",") if t]
@@ -138,8 +142,9 @@ def main(argv=None) -> None:
         for seed in range(args.seeds):
             shift = seed % len(algorithms)
             for algorithm in algorithms[shift:] + algorithms[:shift]:
-                name = f"{task.replace('/', '_')}_{algorithm}_seed{seed}"
-                overrides = [f"algorithm={algorithm}", f"task={task}", f"experiment={args.experiment}", f"seed={seed}"]
+                name = f"{task.replace('/', '_')}_{re.sub(r'[^A-Za-z0-9_]+', '_', algorithm)}_seed{seed}"
+                preset, *own = algorithm.split("+")
+                overrides = [f"algorithm={preset}", *own, f"task={task}", f"experiment={args.experiment}", f"seed={seed}"]
                 runs.append((name, overrides + args.overrides))
                 keys.append((task, algorithm))
     folders: dict[str, dict[str, list[Path]]] = {t: {a: [] for a in algorithms} for t in tasks}
