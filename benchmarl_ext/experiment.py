@@ -41,6 +41,7 @@ from tensordict import TensorDictBase
 from benchmarl_ext.algorithm import Magpo
 from benchmarl_ext.checkpoints import read_checkpoint, rng_state, save_atomically, set_rng_state, trim_scalar_logs
 from benchmarl_ext.checks import check_experiment_config
+from magpo import MAGPOLoss
 
 
 class GuiderBacktrack(Callback):
@@ -259,7 +260,8 @@ class MagpoExperiment(Experiment):
             for group, optimizers in self.optimizers.items()
         }
         state["rng"] = rng_state()
-        state["delta"] = {group: loss.options.delta for group, loss in self.losses.items()}  # moves with delta=auto
+        # MAGPO's delta moves with delta=auto (other algorithms: empty)
+        state["delta"] = {group: loss.options.delta for group, loss in self.losses.items() if isinstance(loss, MAGPOLoss)}
         state["run"] = dict(self._run_identity, groups=list(self.group_map), seed=self.seed)
         return state
 
