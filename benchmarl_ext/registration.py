@@ -1,4 +1,4 @@
-"""Makes ``magpo`` and ``ctds`` BenchMARL algorithms and ``coordsum/*`` BenchMARL tasks: fills
+"""Makes ``magpo``, ``ctds`` and ``mat`` BenchMARL algorithms and ``coordsum/*`` BenchMARL tasks: fills
 BenchMARL's registries and Hydra's ConfigStore (the ``<name>_config`` schema nodes that the YAML
 in ``conf/algorithm`` and ``conf/task`` extends)."""
 
@@ -13,9 +13,10 @@ from benchmarl.environments import task_config_registry
 from hydra.core.config_store import ConfigStore
 
 from benchmarl_ext.algorithm import CtdsConfig, MagpoConfig
+from benchmarl_ext.mat import MatConfig
 from benchmarl_ext.tasks import TASKS, CoordSumTaskConfig
 
-ALGORITHMS = {"magpo": MagpoConfig, "ctds": CtdsConfig}
+ALGORITHMS = {"magpo": MagpoConfig, "ctds": CtdsConfig, "mat": MatConfig}
 
 
 @functools.cache

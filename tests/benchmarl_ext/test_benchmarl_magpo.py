@@ -68,8 +68,9 @@ def make_experiment(tmp_path: Path, overrides: list[str]):
           "algorithm.backtrack=true", "algorithm.agent_order=fixed", "algorithm.guider_embed_dim=8"], "magpo"),
         (["algorithm=ctds", *SMALL_GUIDER], "ctds"),
         (["algorithm=mappo"], "mappo"),
+        (["algorithm=mat", "algorithm.embed_dim=8", "algorithm.heads=2"], "mat"),
     ],
-    ids=["magpo-continuous", "magpo-discrete-residual-backtrack", "ctds", "mappo"],
+    ids=["magpo-continuous", "magpo-discrete-residual-backtrack", "ctds", "mappo", "mat"],
 )
 def test_benchmarl_run_end_to_end(tmp_path, overrides, name):
     folder = run_command(tmp_path, overrides)
@@ -249,6 +250,23 @@ def test_auto_delta_follows_the_rule_is_logged_and_checkpointed(tmp_path):
     assert saved == pytest.approx(schedule.next_delta(expected[-1], kl[2]), rel=1e-6)
 
 
+def test_mat_collects_and_evaluates_with_the_auto_regressive_policy_and_says_so(tmp_path, caplog):
+    from benchmarl_ext.mat import CENTRALIZED_EXECUTION
+
+    with caplog.at_level("WARNING"):
+        experiment = make_experiment(tmp_path, ["algorithm=mat", "algorithm.embed_dim=8", "algorithm.heads=2"])
+    assert CENTRALIZED_EXECUTION in caplog.text
+    sampler = experiment.algorithm._samplers["agents"]
+    assert list(experiment.policy) == [sampler]  # collection and BenchMARL's evaluation both use it
+    assert experiment.losses["agents"].actor_network.module[0] is sampler.teacher_forced  # PPO on the same network
+    data = experiment.collector.env.reset()
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        sampler(data)
+        recomputed = experiment.losses["agents"].actor_network.get_dist(data.clone()).log_prob(data["agents", "action"])
+    torch.testing.assert_close(recomputed, data["agents", "log_prob"], rtol=1e-5, atol=1e-5)
+    experiment.close()
+
+
 def test_plain_benchmarl_experiment_is_refused(tmp_path):
     from benchmarl.hydra_config import load_experiment_from_hydra
 
@@ -264,7 +282,7 @@ def test_wandb_is_offline_by_default(tmp_path, monkeypatch):
     assert os.environ["WANDB_MODE"] == "offline"
 
 
-@pytest.mark.parametrize("algorithm", ["mappo", "magpo_coordsum_3x10"])
+@pytest.mark.parametrize("algorithm", ["mappo", "magpo_coordsum_3x10", "mat"])
 def test_coordsum_tasks_through_the_command(tmp_path, algorithm):
     run_dir = tmp_path / "run"
     cli.main([

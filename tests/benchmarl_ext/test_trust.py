@@ -294,6 +294,8 @@ BAD_VALUES = [
     (["experiment.keep_checkpoints_num=0"], "experiment.keep_checkpoints_num"),
     (["experiment.train_device=cuda:0"], "experiment.train_device"),
     (["experiment.sampling_device=gpu"], "experiment.sampling_device"),
+    (["algorithm=mat", "algorithm.agent_order=per_epoch"], "algorithm.agent_order"),
+    (["algorithm=mat", "algorithm.embed_dim=10", "algorithm.heads=4"], "algorithm.embed_dim"),
     (["task.memory=global"], "task.memory"),  # task.* rows run on coordsum/3x10
     (["task.n_agents=1"], "task.n_agents"),
     (["task.time_limit=0"], "task.time_limit"),
@@ -307,7 +309,8 @@ def test_bad_values_are_refused_before_any_environment(overrides, field, monkeyp
         pytest.skip("a CUDA device exists, so cuda:0 is a valid device here")
     no_environment(monkeypatch)
     suite = COORDSUM if field.startswith("task.") else VMAS
-    cfg, task_name = compose_config(["algorithm=magpo", *suite, *overrides])
+    algorithm = [] if any(o.startswith("algorithm=") for o in overrides) else ["algorithm=magpo"]
+    cfg, task_name = compose_config([*algorithm, *suite, *overrides])
     with pytest.raises(ValueError, match="^" + field.replace(".", r"\.")):
         cli.build_experiment(cfg, task_name)
 
