@@ -30,6 +30,25 @@ from magpo import DeltaSchedule, LossOptions, MAGPOLoss
 from magpo.guiders import AGENT_ORDERS, GUIDER_KINDS, make_guider
 
 
+def guider_for_group(algorithm: Mappo, group: str, continuous: bool, kind: str, **options):
+    """:func:`magpo.guiders.make_guider` for ``group`` of a BenchMARL (MAPPO-family) algorithm:
+    its observation, state, action and action-mask specs, Normal head settings and device.
+    ``options``: ``width``, ``heads``, ``layers``, ``agent_order`` and ``learner_module``."""
+    return make_guider(
+        kind,
+        group=group,
+        observation_spec=algorithm.observation_spec[group],
+        action_spec=algorithm.action_spec[group, "action"],
+        continuous=continuous,
+        state_spec=algorithm.state_spec,
+        action_mask=algorithm.action_mask_spec is not None,
+        scale_mapping=algorithm.scale_mapping,
+        tanh_normal=algorithm.use_tanh_normal,
+        device=algorithm.device,
+        **options,
+    )
+
+
 class Magpo(Mappo):
     """Multi-Agent Guided Policy Optimization (arXiv 2507.18059) in BenchMARL.
 
@@ -87,22 +106,10 @@ class Magpo(Mappo):
         """The guider for the loss (teacher forcing); also builds the learner and the sampler."""
         learner = super()._get_policy_for_loss(group, model_config, continuous)
         self._learners[group] = learner
-        core, for_loss, for_collection = make_guider(
-            self.guider_type,
-            group=group,
-            observation_spec=self.observation_spec[group],
-            action_spec=self.action_spec[group, "action"],
-            continuous=continuous,
-            state_spec=self.state_spec,
+        core, for_loss, for_collection = guider_for_group(
+            self, group, continuous, self.guider_type,
             learner_module=None if self.guider_type == "transformer" else self._learner_params_module(group),
-            width=self.guider_embed_dim,
-            heads=self.guider_heads,
-            layers=self.guider_layers,
-            agent_order=self.agent_order,
-            action_mask=self.action_mask_spec is not None,
-            scale_mapping=self.scale_mapping,
-            tanh_normal=self.use_tanh_normal,
-            device=self.device,
+            width=self.guider_embed_dim, heads=self.guider_heads, layers=self.guider_layers, agent_order=self.agent_order,
         )
         self._guider_cores[group] = core
         self._guider_samplers[group] = for_collection

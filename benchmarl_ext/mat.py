@@ -20,7 +20,8 @@ from benchmarl.algorithms.mappo import Mappo, MappoConfig
 from benchmarl.models.common import ModelConfig
 from tensordict.nn import TensorDictModule, TensorDictModuleBase
 
-from magpo.guiders import AGENT_ORDERS, make_guider
+from benchmarl_ext.algorithm import guider_for_group
+from magpo.guiders import AGENT_ORDERS
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +46,9 @@ class Mat(Mappo):
 
     def _get_policy_for_loss(self, group: str, model_config: ModelConfig, continuous: bool) -> TensorDictModule:
         """The teacher-forced joint policy (its log-probs are ClipPPOLoss's); keeps the sampler."""
-        _, for_loss, for_collection = make_guider(
-            "transformer",
-            group=group,
-            observation_spec=self.observation_spec[group],
-            action_spec=self.action_spec[group, "action"],
-            continuous=continuous,
-            state_spec=self.state_spec,
-            width=self.embed_dim,
-            heads=self.heads,
-            layers=self.layers,
-            agent_order=self.agent_order,
-            action_mask=self.action_mask_spec is not None,
-            scale_mapping=self.scale_mapping,
-            tanh_normal=self.use_tanh_normal,
-            device=self.device,
+        _, for_loss, for_collection = guider_for_group(
+            self, group, continuous, "transformer",
+            width=self.embed_dim, heads=self.heads, layers=self.layers, agent_order=self.agent_order,
         )
         self._samplers[group] = for_collection
         return for_loss
