@@ -22,17 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runs_common import benchmarl_run, provenance  # noqa: E402
+from throughput import TASKS  # noqa: E402  (the same two jobs, with their MAGPO presets)
 
 from benchmarl_ext.plots import read_scalar  # noqa: E402
 
-JOBS = {
-    "vmas/balance, cpu preset (3,000 frames/iter)": (
-        ["algorithm=magpo", "task=vmas/balance", "experiment=cpu"], 3000,
-    ),
-    "coordsum/3x10, authors' settings (8,192 frames/iter)": (
-        ["algorithm=magpo_coordsum_3x10", "task=coordsum/3x10", "experiment=coordsum"], 8192,
-    ),
-}
 NEIGHBOUR = [sys.executable, "-c", "while True: pass"]
 
 
@@ -65,7 +58,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         runs_dir = Path(scratch)
-        for job, (overrides, frames) in JOBS.items():
+        for job, (overrides, frames, magpo) in TASKS.items():
+            overrides = [f"algorithm={magpo}", *overrides]
             for neighbour in (False, True):
                 for threads in (1, 2):
                     busy = subprocess.Popen(NEIGHBOUR) if neighbour else None
@@ -83,8 +77,10 @@ def main() -> None:
         "",
         provenance(),
         f"Load average before the first run: {load:.2f} (1 min). Median of iterations 2..{args.iterations} "
-        "of `algorithm=magpo` (transformer guider), evaluation and checkpoints off; the neighbour is "
-        "`python -c 'while True: pass'`.",
+        "of MAGPO with the transformer guider, evaluation and checkpoints off; the neighbour is "
+        "`python -c 'while True: pass'`. coordsum: CoordSum-3x10 with the authors' settings (8,192 frames "
+        "per iteration, 10 epochs x 8 minibatches, `magpo_coordsum_3x10`); balance: vmas/balance, "
+        "`experiment=cpu` (3,000 frames, 4 epochs x 2 minibatches), `magpo`.",
         "",
         "| job | machine | threads | collection s | training s | total s | frames/s | vs 1 thread |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
