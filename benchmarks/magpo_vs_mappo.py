@@ -79,7 +79,7 @@ def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]]
         return f"{mean:.2f} +- {half:.2f}"
 
     timing = {a: statistics.fmean(per_iteration_seconds(f) for f in folders[a]) for a in algorithms}
-    label = {a: "MAPPO" if a == "mappo" else f"{a} learner" for a in algorithms}
+    label = {a: "MAPPO" if a == "mappo" else a if a.startswith(("mappo", "ippo")) else f"{a} learner" for a in algorithms}
     lines = [
         f"## {task}",
         "",
@@ -92,7 +92,7 @@ def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]]
         finals = [c[-1][1] for c in curves]
         aucs = [area_under_curve(c) for c in curves]
         diagnostics = (
-            ["-", "-"] if algorithm == "mappo"
+            ["-", "-"] if algorithm.startswith(("mappo", "ippo"))
             else [f"{statistics.fmean(diagnostic_mean(f, t) for f in folders[algorithm]):.2e}"
                   for t in ("learner_kl", "mask_fraction")]
         )
@@ -129,11 +129,13 @@ def main(argv=None) -> None:
         parser.error(f"--seeds must be >= 2 for a confidence interval, got {args.seeds}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    conf = Path(__file__).resolve().parents[1] / "conf" / "algorithm"
+    import benchmarl
+
+    confs = [Path(__file__).resolve().parents[1] / "conf" / "algorithm", Path(benchmarl.__file__).parent / "conf" / "algorithm"]
     presets = [p for p in args.magpo.split(",") if p]
-    unknown = [p for p in presets if not (conf / f"{p.split('+')[0]}.yaml").exists()]
+    unknown = [p for p in presets if not any((conf / f"{p.split('+')[0]}.yaml").exists() for conf in confs)]
     if unknown or not presets:
-        parser.error(f"--magpo must name algorithm presets in conf/algorithm/ (e.g. magpo,magpo_anchored), got {args.magpo!r}")
+        parser.error(f"--magpo must name algorithm presets of this package or BenchMARL (e.g. magpo,magpo_anchored), got {args.magpo!r}")
     tasks = [t for t in args.tasks.split(",") if t]
     algorithms = ["mappo", *presets]
 
