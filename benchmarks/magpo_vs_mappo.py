@@ -35,7 +35,7 @@ from pathlib import Path
 
 from runs_common import mean_ci, provenance, run_many
 
-from benchmarl_ext.plots import frames_of, read_scalar, scalars_folder
+from benchmarl_ext.plots import area_under_curve, frames_of, read_scalar, scalars_folder
 
 DEFAULT_TASKS = "vmas/balance,vmas/give_way,vmas/navigation"
 
@@ -51,13 +51,6 @@ def curve(folder: Path, scalar: str = "eval_reward_episode_reward_mean") -> list
     """``[(frames, evaluation return)]`` of one run."""
     frames = frames_of(folder)
     return [(frames[i], v) for i, v in sorted(read_scalar(folder, scalar).items())]
-
-
-def area_under_curve(points: list[tuple[float, float]]) -> float:
-    """Trapezoid mean of the return over the frames spanned by the evaluations."""
-    (x0, _), (x1, _) = points[0], points[-1]
-    area = sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(points, points[1:]))
-    return area / (x1 - x0)
 
 
 def diagnostic_mean(folder: Path, term: str) -> float:

@@ -41,6 +41,7 @@ from tensordict import TensorDictBase
 from benchmarl_ext.algorithm import Magpo
 from benchmarl_ext.checkpoints import read_checkpoint, rng_state, save_atomically, set_rng_state, trim_scalar_logs
 from benchmarl_ext.checks import check_experiment_config
+from benchmarl_ext.plots import area_under_curve
 from magpo import MAGPOLoss
 
 
@@ -107,11 +108,7 @@ class EvaluationCurve(Callback):
         """``final``: the last evaluation's return; ``auc``: the trapezoid mean over frames."""
         if not self.points:
             raise RuntimeError("no evaluation ran: set experiment.evaluation=true for a sweep objective")
-        frames, returns = zip(*self.points)
-        if kind == "final" or len(self.points) == 1:
-            return returns[-1]
-        area = sum((f1 - f0) * (r0 + r1) / 2 for f0, f1, r0, r1 in zip(frames, frames[1:], returns, returns[1:]))
-        return area / (frames[-1] - frames[0])
+        return self.points[-1][1] if kind == "final" else area_under_curve(self.points)
 
 
 def episode_returns(rollouts: List[TensorDictBase], group: str) -> torch.Tensor:

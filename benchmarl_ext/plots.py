@@ -13,6 +13,15 @@ CURVES = {
 }
 
 
+def area_under_curve(points: list[tuple[float, float]]) -> float:
+    """Trapezoid mean of ``[(frames, return)]`` over the frames it spans (one point: its value)."""
+    if len(points) == 1:
+        return points[0][1]
+    (x0, _), (x1, _) = points[0], points[-1]
+    area = sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(points, points[1:]))
+    return area / (x1 - x0)
+
+
 def scalars_folder(experiment_folder: Path) -> Path:
     """BenchMARL's csv logger writes to ``<experiment folder>/<experiment name>/scalars``."""
     folders = sorted(Path(experiment_folder).glob("*/scalars"))

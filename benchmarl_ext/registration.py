@@ -33,7 +33,8 @@ def register() -> None:
     # module benchmarl.environments.<env>.<task>, and warns "dataclass not found" when there is
     # none. These module entries point it at ours.
     package = sys.modules.setdefault("benchmarl.environments.coordsum", types.ModuleType("benchmarl.environments.coordsum"))
-    package.__path__ = []
+    if not hasattr(package, "__path__"):  # ours, not a real BenchMARL package of that name
+        package.__path__ = []
     for name in TASKS:
         module = types.ModuleType(f"benchmarl.environments.{name.replace('/', '.')}")
         module.TaskConfig = CoordSumTaskConfig

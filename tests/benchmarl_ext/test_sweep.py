@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import yaml
 
@@ -44,7 +42,6 @@ def test_two_trial_search_maximises_the_learner_objective(tmp_path, objective):
     objectives = trial_objectives(tmp_path, objective)
     assert len(objectives) == 2
     assert results["best_value"] == pytest.approx(max(objectives), abs=1e-5)
-    assert results["best_value"] != pytest.approx(min(objectives), abs=1e-9) or math.isclose(*objectives)
     params = results["best_params"]
     assert params["algorithm.delta"] in (1.1, 1.2, 1.3, 1.5, 2.0, 3.0)
     assert params["algorithm.aux_coef"] in (0.0, 1.0, 2.0, 4.0, 8.0)
