@@ -16,7 +16,7 @@ command uses) and refuses a plain ``Experiment``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Type
+from typing import Any, Callable, Dict, Iterable, List, Optional, Type
 
 import torch
 from benchmarl.algorithms.common import Algorithm
@@ -24,16 +24,18 @@ from benchmarl.algorithms.mappo import Mappo, MappoConfig
 from benchmarl.models.common import ModelConfig
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential
+from torchrl.data import Composite, Unbounded
+from torchrl.envs import Compose, EnvBase, InitTracker, TensorDictPrimer, TransformedEnv
 from torchrl.objectives import ValueEstimators
 
 from magpo import DeltaSchedule, LossOptions, MAGPOLoss
-from magpo.guiders import AGENT_ORDERS, GUIDER_KINDS, make_guider
+from magpo.guiders import AGENT_ORDERS, EPISODE_START_KEY, GUIDER_KINDS, GUIDER_MEMORIES, make_guider
 
 
 def guider_for_group(algorithm: Mappo, group: str, continuous: bool, kind: str, **options):
     """:func:`magpo.guiders.make_guider` for ``group`` of a BenchMARL (MAPPO-family) algorithm:
     its observation, state, action and action-mask specs, Normal head settings and device.
-    ``options``: ``width``, ``heads``, ``layers``, ``agent_order`` and ``learner_module``."""
+    ``options``: ``width``, ``heads``, ``layers``, ``agent_order``, ``memory`` and ``learner_module``."""
     return make_guider(
         kind,
         group=group,
@@ -55,8 +57,8 @@ class Magpo(Mappo):
     Args (besides MAPPO's, see :class:`MagpoConfig` for the meaning of each field):
         loss_options: the loss hyperparameters, built and validated once by the config.
         delta_schedule: how delta adapts between iterations (``delta: auto``), or None (fixed).
-        guider, guider_embed_dim, guider_heads, guider_layers, guider_lr, agent_order, backtrack,
-        normalize_advantage, clip_value.
+        guider, guider_memory, guider_embed_dim, guider_heads, guider_layers, guider_lr, agent_order,
+        backtrack, normalize_advantage, clip_value.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class Magpo(Mappo):
         loss_options: LossOptions,
         delta_schedule: Optional[DeltaSchedule],
         guider: str,
+        guider_memory: str,
         guider_embed_dim: int,
         guider_heads: int,
         guider_layers: int,
@@ -85,6 +88,10 @@ class Magpo(Mappo):
         self.loss_options = loss_options
         self.delta_schedule = delta_schedule
         self.guider_type = guider
+        self.guider_memory = guider_memory
+        if guider_memory != "none":
+            # whole rollouts in the buffer and in every minibatch: the guider reruns its memory over them
+            self.has_rnn = True
         self.guider_embed_dim = guider_embed_dim
         self.guider_heads = guider_heads
         self.guider_layers = guider_layers
@@ -110,6 +117,7 @@ class Magpo(Mappo):
             self, group, continuous, self.guider_type,
             learner_module=None if self.guider_type == "transformer" else self._learner_params_module(group),
             width=self.guider_embed_dim, heads=self.guider_heads, layers=self.guider_layers, agent_order=self.agent_order,
+            memory=self.guider_memory,
         )
         self._guider_cores[group] = core
         self._guider_samplers[group] = for_collection
@@ -126,6 +134,31 @@ class Magpo(Mappo):
     def _get_policy_for_collection(self, policy_for_loss: TensorDictModule, group: str, continuous: bool) -> TensorDictModule:
         """Collection uses the guider, agent after agent."""
         return self._guider_samplers[group]
+
+    def process_env_fun(self, env_fun: Callable[[], EnvBase]) -> Callable[[], EnvBase]:
+        """A guider with memory needs the episode starts (``is_init``; BenchMARL adds them for a
+        recurrent model already) and its state, zero after every reset, in the environment."""
+        if self.guider_memory == "none":
+            return env_fun
+        state_spec = Composite(
+            {
+                group: Composite(
+                    {"guider_memory": Unbounded(shape=(len(agents), self.guider_embed_dim), device=self.device)},
+                    shape=(len(agents),), device=self.device,
+                )
+                for group, agents in self.group_map.items()
+            }
+        )
+
+        def with_memory() -> EnvBase:
+            env = env_fun()
+            tracked = EPISODE_START_KEY in env.observation_spec.keys()
+            transforms = ([] if tracked else [InitTracker(init_key=EPISODE_START_KEY)]) + [
+                TensorDictPrimer(state_spec.clone(), reset_key="_reset", expand_specs=True)
+            ]
+            return TransformedEnv(env, Compose(*transforms))
+
+        return with_memory
 
     def get_learner_policy(self) -> TensorDictSequential:
         """The decentralized learners of all groups: each agent acts on its own observation."""
@@ -205,6 +238,7 @@ class MagpoConfig(MappoConfig):
     aux_coef: float = LossOptions.aux_coef
     learner_kl: str = LossOptions.learner_kl
     guider: str = "transformer"
+    guider_memory: str = "none"
     guider_embed_dim: int = 64
     guider_heads: int = 4
     guider_layers: int = 1
@@ -238,6 +272,12 @@ class MagpoConfig(MappoConfig):
             raise type(err)(f"algorithm.{err}") from None
         if self.guider not in GUIDER_KINDS:
             raise ValueError(f"algorithm.guider must be one of {GUIDER_KINDS}, got {self.guider!r}")
+        if self.guider_memory not in GUIDER_MEMORIES:
+            raise ValueError(f"algorithm.guider_memory must be one of {GUIDER_MEMORIES}, got {self.guider_memory!r}")
+        if self.guider_memory != "none" and self.guider != "transformer":
+            raise ValueError(
+                f"algorithm.guider_memory={self.guider_memory} needs algorithm.guider=transformer, got {self.guider!r}"
+            )
         if self.agent_order not in AGENT_ORDERS:
             raise ValueError(f"algorithm.agent_order must be one of {AGENT_ORDERS}, got {self.agent_order!r}")
         if self.backtrack and self.guider != "residual":
@@ -262,6 +302,19 @@ class MagpoConfig(MappoConfig):
             raise ValueError(f"algorithm.entropy_coef must be >= 0, got {self.entropy_coef}")
         if not 0 <= self.lmbda <= 1:
             raise ValueError(f"algorithm.lmbda must be in [0, 1], got {self.lmbda}")
+
+    def check_model(self, model_config: ModelConfig) -> None:
+        """Refuse a learner model the guider cannot serve (called before anything is built).
+
+        The anchored and residual guiders run the learner's network at collection on single
+        steps, without the hidden state a recurrent learner carries: their log-probs would not
+        be the ones training recomputes over the rollout."""
+        if self.guider != "transformer" and model_config.is_rnn:
+            raise ValueError(
+                f"algorithm.guider={self.guider} builds on the learner's network, which cannot be recurrent "
+                f"(model={type(model_config).__name__}); use a feed-forward model (model=layers/mlp) or "
+                f"algorithm.guider=transformer"
+            )
 
     def get_algorithm(self, experiment) -> Algorithm:
         """The algorithm, given the validated :class:`LossOptions` and :class:`DeltaSchedule` in

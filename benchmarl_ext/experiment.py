@@ -38,7 +38,7 @@ from benchmarl.experiment.callback import Callback
 from benchmarl.utils import seed_everything
 from tensordict import TensorDictBase
 
-from benchmarl_ext.algorithm import Magpo
+from benchmarl_ext.algorithm import Magpo, MagpoConfig
 from benchmarl_ext.checkpoints import read_checkpoint, rng_state, save_atomically, set_rng_state, trim_scalar_logs
 from benchmarl_ext.checks import check_experiment_config
 from benchmarl_ext.plots import area_under_curve
@@ -138,6 +138,8 @@ class MagpoExperiment(Experiment):
 
     def __init__(self, task, algorithm_config, model_config, seed, config, critic_model_config=None, callbacks=None):
         check_experiment_config(config, algorithm_config.on_policy())
+        if isinstance(algorithm_config, MagpoConfig):
+            algorithm_config.check_model(model_config)
         task = task.get_task() if isinstance(task, Task) else task
         self._run_identity = {
             "algorithm": algorithm_config.associated_class().__name__.lower(),

@@ -27,6 +27,15 @@ Both run in two modes, wrapped by :func:`make_guider_policies`:
   at initialisation or after a reset) samples all agents in one pass, which draws from the same joint distribution.
 
 Orders are ``[*B, n_agents]`` long tensors; ``order[..., k]`` is the agent that acts k-th.
+
+Memory over the episode (``TransformerGuider(memory_key=...)``, the role of the retention over
+time in the authors' Sable guider): a GRU cell carries each agent's state from step to step and
+is reset at episode starts (``"is_init"``, TorchRL's ``InitTracker``). Collection reads the state
+entering each step from the batch (``memory_key``, zero after a reset, e.g. from a
+``TensorDictPrimer``) and writes the next one to ``("next", *memory_key)``. Training gets whole
+rollouts, ``[*B, T]`` with time last: the state stored at ``t = 0`` restarts the recurrence, which
+is rerun over the sequence with the same resets, so the log-probs are those of collection and the
+gradient flows through the whole rollout.
 """
 
 from __future__ import annotations
@@ -52,6 +61,8 @@ from torchrl.modules import IndependentNormal, MaskedCategorical, TanhNormal
 
 AGENT_ORDERS = ("fixed", "random", "per_epoch")
 GUIDER_KINDS = ("transformer", "anchored", "residual")
+GUIDER_MEMORIES = ("none", "gru")
+EPISODE_START_KEY = "is_init"  # TorchRL's InitTracker: True at the first step of an episode
 
 
 def positions_of(order: torch.Tensor) -> torch.Tensor:
@@ -80,26 +91,34 @@ class _ActionEmbedding(nn.Module):
 class _GuiderCore(nn.Module):
     """Shared plumbing: reads the group's observations (and state) and the action and order."""
 
-    def __init__(self, observation_keys, state_key, n_agents: int):
+    def __init__(self, observation_keys, state_key, n_agents: int, memory_key: NestedKey | None = None):
         super().__init__()
         self.observation_keys = list(observation_keys)
         self.state_key = state_key
         self.n_agents = n_agents
+        self.memory_key = memory_key  # the recurrent state entering each step, or None (memoryless)
 
     @property
     def in_keys(self) -> list[NestedKey]:
-        return self.observation_keys + ([self.state_key] if self.state_key is not None else [])
+        memory = [self.memory_key, EPISODE_START_KEY] if self.memory_key is not None else []
+        return self.observation_keys + ([self.state_key] if self.state_key is not None else []) + memory
 
-    def params(self, tensordict: TensorDictBase, action: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    def params(self, tensordict: TensorDictBase, action: torch.Tensor, order: torch.Tensor, over_time: bool = False) -> torch.Tensor:
         """Distribution parameters ``[*B, n_agents, P]`` of every agent given the actions of the
         agents before it in ``order`` (teacher forcing). ``action`` entries of agents that act at
-        or after an agent's own step never influence that agent's output."""
-        return self.decode(self.context(tensordict, order), action)
+        or after an agent's own step never influence that agent's output. ``over_time``: the
+        last batch dim is time (whole rollouts, for a core with memory)."""
+        return self.decode(self.context(tensordict, order, over_time), action)
 
-    def context(self, tensordict: TensorDictBase, order: torch.Tensor):
-        """Everything that does not depend on the actions: the observations and the execution
-        order ``[*B, n_agents]`` (computed once per env step when sampling)."""
+    def context(self, tensordict: TensorDictBase, order: torch.Tensor, over_time: bool = False):
+        """Everything that does not depend on the actions: the observations (and, with memory,
+        the recurrent state) and the execution order ``[*B, n_agents]`` (computed once per env
+        step when sampling). ``over_time`` as in :meth:`params`."""
         raise NotImplementedError
+
+    def next_memory(self, context) -> torch.Tensor:
+        """The recurrent state ``[*B, n_agents, E]`` after this step (cores with memory)."""
+        raise NotImplementedError(f"{type(self).__name__} has no memory")
 
     def decode(self, context, action: torch.Tensor) -> torch.Tensor:
         """The parameters ``[*B, n_agents, P]`` from a :meth:`context` and the actions
@@ -128,6 +147,10 @@ class TransformerGuider(_GuiderCore):
             parameter extractor).
         embed_dim, num_heads, num_layers: transformer size (encoder and decoder each get
             ``num_layers`` layers).
+        memory_key: where the recurrent state ``[*B, n_agents, embed_dim]`` entering each step is
+            stored, or None for a memoryless guider. With it, a GRU cell (shared by the agents)
+            runs over each agent's observation embeddings through the episode and its state is
+            added to the encoder's agent tokens (module docstring).
     """
 
     def __init__(
@@ -143,8 +166,9 @@ class TransformerGuider(_GuiderCore):
         embed_dim: int = 64,
         num_heads: int = 4,
         num_layers: int = 1,
+        memory_key: NestedKey | None = None,
     ):
-        super().__init__(observation_keys, state_key, n_agents)
+        super().__init__(observation_keys, state_key, n_agents, memory_key)
         self.observation_embed = nn.Sequential(nn.LayerNorm(observation_dim), nn.Linear(observation_dim, embed_dim), nn.GELU())
         self.agent_embed = nn.Parameter(0.02 * torch.randn(n_agents, embed_dim))
         self.state_embed = (
@@ -155,31 +179,63 @@ class TransformerGuider(_GuiderCore):
         self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), num_layers)
         self.action_embed = _ActionEmbedding(action_size, discrete, embed_dim)
         self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, param_dim))
+        self.recurrence = nn.GRUCell(embed_dim, embed_dim) if memory_key is not None else None
         self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(n_agents), persistent=False)
 
-    def context(self, tensordict, order):
+    def _recall(self, tokens: torch.Tensor, tensordict: TensorDictBase, batch_shape: torch.Size, over_time: bool):
+        """Each agent's recurrent state after this step, ``[*B, n, E]``, from its tokens ``[*B, n, E]``.
+        One step: from the stored state (zero at an episode start). ``over_time``: rerun over the
+        time dim (the last of ``batch_shape``) from the state stored at its first step."""
+        stored = tensordict.get(self.memory_key)
+        start = tensordict.get(EPISODE_START_KEY).reshape(*batch_shape, 1, 1)
+
+        def step(x, state, fresh):
+            state = torch.where(fresh, 0.0, state)
+            return self.recurrence(x.reshape(-1, x.shape[-1]), state.reshape(-1, state.shape[-1])).view_as(x)
+
+        if not over_time:
+            return step(tokens, stored, start)
+        if not batch_shape:
+            raise ValueError("a guider with memory trains on rollouts: the batch needs a time dim, [*B, T]")
+        time = len(batch_shape) - 1
+        state, states = stored.select(time, 0), []
+        for x, fresh in zip(tokens.unbind(time), start.unbind(time)):
+            state = step(x, state, fresh)
+            states.append(state)
+        return torch.stack(states, time)
+
+    def context(self, tensordict, order, over_time=False):
         batch_shape, n = order.shape[:-1], self.n_agents
         obs = _flat_observations(tensordict, self.observation_keys, len(batch_shape) + 1)
-        obs = obs.reshape(-1, n, obs.shape[-1])
-        memory = self.observation_embed(obs) + self.agent_embed
+        tokens = self.observation_embed(obs) + self.agent_embed  # [*B, n, E]
+        recalled = None
+        if self.recurrence is not None:
+            recalled = self._recall(tokens, tensordict, batch_shape, over_time)
+            tokens = tokens + recalled
+        encoded = tokens.reshape(-1, n, tokens.shape[-1])
         if self.state_embed is not None:
-            state = tensordict.get(self.state_key).flatten(len(batch_shape)).float().reshape(len(memory), -1)
-            memory = torch.cat([self.state_embed(state)[:, None], memory], dim=1)
-        memory = self.encoder(memory)
+            state = tensordict.get(self.state_key).flatten(len(batch_shape)).float().reshape(len(encoded), -1)
+            encoded = torch.cat([self.state_embed(state)[:, None], encoded], dim=1)
+        encoded = self.encoder(encoded)
         flat_order = order.reshape(-1, n)
-        agents = memory[:, -n:]
+        agents = encoded[:, -n:]
         step_agents = agents.gather(1, flat_order[..., None].expand(-1, -1, agents.shape[-1]))  # [B, n, E], in order
-        return memory, step_agents, flat_order, positions_of(flat_order), batch_shape
+        return encoded, step_agents, flat_order, positions_of(flat_order), batch_shape, recalled
+
+    def next_memory(self, context):
+        if context[-1] is None:
+            return super().next_memory(context)
+        return context[-1]
 
     def decode(self, context, action):
-        memory, step_agents, flat_order, positions, batch_shape = context
+        encoded, step_agents, flat_order, positions, batch_shape, _ = context
         n = self.n_agents
         action_rows = action.reshape(len(flat_order), n, *action.shape[len(batch_shape) + 1 :])
         taken = self.action_embed(action_rows)  # [B, n, E], agent-indexed
         taken_in_order = taken.gather(1, flat_order[..., None].expand(-1, -1, taken.shape[-1]))
         # step k sees the actions of steps < k: shift right, a start token at step 0
         previous = torch.cat([self.action_embed.start.expand(len(taken), 1, -1), taken_in_order[:, :-1]], dim=1)
-        decoded = self.decoder(previous + step_agents, memory, tgt_mask=self.causal_mask, tgt_is_causal=True)
+        decoded = self.decoder(previous + step_agents, encoded, tgt_mask=self.causal_mask, tgt_is_causal=True)
         out_in_order = self.head(decoded)
         out = out_in_order.gather(1, positions[..., None].expand(-1, -1, out_in_order.shape[-1]))
         return out.reshape(*batch_shape, n, -1)
@@ -245,7 +301,7 @@ class _CorrectedGuider(_GuiderCore):
         last = self.correction[-1]
         return bool(last.weight.any() | last.bias.any())  # one sync, not one per tensor
 
-    def context(self, tensordict, order):
+    def context(self, tensordict, order, over_time=False):  # memoryless: every step on its own
         batch_shape = order.shape[:-1]
         lead = len(batch_shape)
         base = self.base_params(tensordict)
@@ -333,7 +389,8 @@ class TeacherForcedGuider(TensorDictModuleBase):
     """The loss side: writes every agent's parameters given the stored action and order.
 
     ``training_order`` (``[n_agents]``, or None) replaces the stored order of every sample when
-    set: ``agent_order="per_epoch"`` sets one random permutation per PPO epoch.
+    set: ``agent_order="per_epoch"`` sets one random permutation per PPO epoch. A core with memory
+    is given whole rollouts: the batch's last dim is time.
     """
 
     def __init__(self, core: _GuiderCore, action_key: NestedKey, order_key: NestedKey, out_key: NestedKey):
@@ -348,7 +405,8 @@ class TeacherForcedGuider(TensorDictModuleBase):
         order = tensordict.get(self.order_key)
         if self.training_order is not None:
             order = self.training_order.expand_as(order)
-        params = self.core.params(tensordict, tensordict.get(self.action_key), order)
+        over_time = self.core.memory_key is not None
+        params = self.core.params(tensordict, tensordict.get(self.action_key), order, over_time)
         tensordict.set(self.out_key, params)
         return tensordict
 
@@ -363,7 +421,7 @@ class SequentialGuiderSampler(TensorDictModuleBase):
     depend on the previous actions (a residual guider right after a backtrack), a single step
     serves every agent: the same joint distribution, one pass instead of n_agents. Writes the
     joint action, the per-agent log-probs, the parameters and the order (drawn either way, so
-    that training recomputes log-probs under it).
+    that training recomputes log-probs under it), and for a core with memory its next state.
     """
 
     def __init__(
@@ -395,6 +453,9 @@ class SequentialGuiderSampler(TensorDictModuleBase):
             )
         )
         self.out_keys = [self.action_key, log_prob_key, self.order_key, *teacher_forced.out_keys]
+        self.memory_key = teacher_forced.core.memory_key
+        if self.memory_key is not None:
+            self.out_keys.append(("next", *self.memory_key))
 
     def _order(self, batch_shape: torch.Size, device: torch.device) -> torch.Tensor:
         if self.agent_order in ("fixed", "per_epoch"):  # per_epoch permutes in training only
@@ -426,6 +487,8 @@ class SequentialGuiderSampler(TensorDictModuleBase):
         tensordict.set(self.log_prob_key, log_prob)
         tensordict.set(self.order_key, order)
         tensordict.set(self.teacher_forced.out_key, params)  # the last step's: every agent's own, by causality
+        if self.memory_key is not None:
+            tensordict.set(("next", *self.memory_key), core.next_memory(context))
         return tensordict
 
 
@@ -473,6 +536,7 @@ def make_guider(
     heads: int = 4,
     layers: int = 1,
     agent_order: str = "random",
+    memory: str = "none",
     action_mask: bool = False,
     scale_mapping: str = "biased_softplus_1.0",
     tanh_normal: bool = True,
@@ -497,6 +561,9 @@ def make_guider(
         heads, layers: transformer attention heads (dividing ``width``) and layers.
         agent_order: ``"random"`` (a stored permutation per step), ``"fixed"``, or ``"per_epoch"``
             (collect in the fixed order; the trainer sets ``training_order`` per epoch).
+        memory: ``"none"``, or ``"gru"`` (transformer only): a recurrent state over the episode,
+            stored at ``(group, "guider_memory")`` (``[n_agents, width]`` per step); the batch
+            needs ``"is_init"`` and the loss whole rollouts (module docstring).
         action_mask: discrete actions read ``(group, "action_mask")``.
         scale_mapping: Normal scale mapping of the parameter extractor (continuous).
         tanh_normal: TanhNormal (True) or IndependentNormal (False) for continuous actions.
@@ -509,6 +576,10 @@ def make_guider(
     """
     if kind not in GUIDER_KINDS:
         raise ValueError(f"guider must be one of {GUIDER_KINDS}, got {kind!r}")
+    if memory not in GUIDER_MEMORIES:
+        raise ValueError(f"guider memory must be one of {GUIDER_MEMORIES}, got {memory!r}")
+    if memory != "none" and kind != "transformer":
+        raise ValueError(f"guider memory {memory!r} needs the transformer guider, got {kind!r}")
     if kind != "transformer" and learner_module is None:
         raise ValueError(f"the {kind} guider is built on the learner: pass learner_module")
     n_agents = action_spec.shape[0]
@@ -526,7 +597,8 @@ def make_guider(
         param_dim=2 * action_size if continuous else action_size,
     )
     if kind == "transformer":
-        core = TransformerGuider(**common, embed_dim=width, num_heads=heads, num_layers=layers)
+        memory_key = (group, "guider_memory") if memory != "none" else None
+        core = TransformerGuider(**common, embed_dim=width, num_heads=heads, num_layers=layers, memory_key=memory_key)
     else:
         corrected = AnchoredGuider if kind == "anchored" else ResidualGuider
         core = corrected(learner_module, (group, "logits"), **common, hidden_dim=width)

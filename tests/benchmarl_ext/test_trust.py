@@ -39,6 +39,7 @@ CASES = {
     "mappo-vmas": ["algorithm=mappo", *VMAS],
     "magpo-coordsum": ["algorithm=magpo_coordsum_3x10", *SMALL_GUIDER, *COORDSUM],
     "mappo-coordsum": ["algorithm=mappo", *COORDSUM],
+    "magpo-memory-coordsum": ["algorithm=magpo_coordsum_3x10", "algorithm.guider_memory=gru", *SMALL_GUIDER, *COORDSUM],
 }
 # 4 iterations of 80 frames, a checkpoint every 2
 STRAIGHT = ["experiment.max_n_frames=320", "experiment.checkpoint_interval=160"]
@@ -274,6 +275,8 @@ BAD_VALUES = [
     (["algorithm.delta=auto", "algorithm.delta_target_kl=0"], "algorithm.delta_target_kl"),
     (["algorithm.delta=auto", "algorithm.delta_bounds=[0.5,2.0]"], "algorithm.delta_bounds"),
     (["algorithm.delta=auto", "algorithm.delta_bounds=[2.0]"], "algorithm.delta_bounds"),
+    (["algorithm.guider_memory=lstm"], "algorithm.guider_memory"),
+    (["algorithm.guider_memory=gru", "algorithm.guider=anchored"], "algorithm.guider_memory"),
     (["experiment.max_n_frames=-5"], "experiment.max_n_frames"),
     (["experiment.max_n_frames=40"], "experiment.max_n_frames"),
     (["experiment.max_n_frames=null"], "experiment.max_n_frames"),

@@ -9,10 +9,11 @@ from tensordict.nn import NormalParamExtractor, ProbabilisticTensorDictModule, T
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MaskedCategorical, TanhNormal
 
-from magpo.guiders import AnchoredGuider, ResidualGuider, TransformerGuider, make_guider_policies
+from magpo.guiders import AnchoredGuider, ResidualGuider, TransformerGuider, make_guider, make_guider_policies
 
 BATCH, AGENTS, OBS, ACTIONS, DIMS = 6, 4, 5, 4, 2
 OBS_KEY, PARAMS_KEY = ("agents", "observation"), ("agents", "guider_params")
+MEMORY_KEY = ("agents", "guider_memory")
 
 
 def batch(seed=0):
@@ -23,7 +24,7 @@ def batch(seed=0):
     return TensorDict({"agents": agents}, [BATCH])
 
 
-def build(kind, continuous, agent_order="random", seed=0):
+def build(kind, continuous, agent_order="random", seed=0, memory=False):
     torch.manual_seed(seed)
     size = DIMS if continuous else ACTIONS
     param_dim = 2 * DIMS if continuous else ACTIONS
@@ -31,7 +32,7 @@ def build(kind, continuous, agent_order="random", seed=0):
                   action_size=size, discrete=not continuous, param_dim=param_dim)
     learner_net = TensorDictModule(torch.nn.Linear(OBS, param_dim), [OBS_KEY], [("agents", "logits")])
     if kind == "transformer":
-        core = TransformerGuider(**common, embed_dim=16, num_heads=2)
+        core = TransformerGuider(**common, embed_dim=16, num_heads=2, memory_key=MEMORY_KEY if memory else None)
     else:
         corrected = ResidualGuider if kind == "residual" else AnchoredGuider
         core = corrected(learner_net, ("agents", "logits"), **common, hidden_dim=16)
@@ -210,3 +211,93 @@ def test_anchored_guider_owns_only_its_correction_and_its_loss_never_reaches_the
     for_loss.get_dist(data).log_prob(data["agents", "action"]).sum().backward()
     assert all(p.grad is None for p in learner_net.parameters())
     assert core.correction[-1].weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- memory over the episode
+
+STEPS = 7
+
+
+def collect_rollout(for_collection, starts, seed=0):
+    """Collect ``STEPS`` steps of ``BATCH`` environments as a TorchRL collector would, carrying
+    the guider's state from ("next", memory) to the next step; ``starts`` [BATCH, STEPS] marks
+    episode starts. The carried state is NOT zeroed at a start (a primer would), so the guider's
+    own reset is what the test sees. Returns the rollout stacked with time last, [BATCH, STEPS]."""
+    state = torch.randn(BATCH, AGENTS, 16, generator=torch.Generator().manual_seed(seed + 100))
+    steps = []
+    for t in range(STEPS):
+        data = batch(seed * STEPS + t)
+        data["is_init"] = starts[:, t, None]
+        data.set(MEMORY_KEY, state)
+        for_collection(data)
+        state = data["next", *MEMORY_KEY]
+        steps.append(data)
+    return torch.stack(steps, dim=1)
+
+
+def starts_pattern():
+    starts = torch.zeros(BATCH, STEPS, dtype=torch.bool)
+    starts[:, 0] = torch.arange(BATCH) % 2 == 0  # half begin their rollout with a fresh episode
+    starts[1, 4] = starts[2, 3] = True  # episodes that end inside the rollout
+    return starts
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_memory_guider_recomputes_the_collected_log_probs_over_the_rollout(continuous):
+    _, _, for_loss, for_collection = build("transformer", continuous, memory=True)
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        rollout = collect_rollout(for_collection, starts_pattern())
+        assert rollout.batch_size == (BATCH, STEPS)
+        recomputed = for_loss.get_dist(rollout.clone()).log_prob(rollout["agents", "action"])
+        torch.testing.assert_close(recomputed, rollout["agents", "log_prob"], rtol=1e-5, atol=1e-5)
+        # training reads the stored state at the first step only: later ones are recomputed
+        scrambled = rollout.clone()
+        scrambled.get(MEMORY_KEY)[:, 1:] = torch.randn(BATCH, STEPS - 1, AGENTS, 16)
+        torch.testing.assert_close(for_loss.get_dist(scrambled).log_prob(rollout["agents", "action"]), recomputed,
+                                   rtol=0, atol=0)
+
+
+def test_memory_is_reset_at_episode_starts_and_carries_within_an_episode():
+    _, _, for_loss, for_collection = build("transformer", False, memory=True)
+    starts = starts_pattern()
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        rollout = collect_rollout(for_collection, starts)
+    params = lambda td: for_loss.module[0](td.clone())[PARAMS_KEY]  # noqa: E731
+    base = params(rollout)
+    # another stored state at t = 0: only the environments that did not start an episode there move
+    changed = rollout.clone()
+    changed.get(MEMORY_KEY)[:, 0] = torch.randn(BATCH, AGENTS, 16)
+    moved = (params(changed) - base).abs().flatten(2).amax(-1)  # [BATCH, STEPS]
+    assert (moved[starts[:, 0]] == 0).all()
+    assert (moved[~starts[:, 0], 0] > 1e-6).all()
+    # another observation at t = 1 reaches env 1's later steps up to its reset at t = 4, not beyond
+    changed = rollout.clone()
+    changed.get(("agents", "observation"))[1, 1] = torch.randn(AGENTS, OBS)
+    moved = (params(changed) - base)[1].abs().flatten(1).amax(-1)  # [STEPS] of env 1
+    assert moved[0] == 0 and (moved[1:4] > 1e-6).all() and (moved[4:] == 0).all()
+
+
+def test_memory_guider_gradient_flows_through_the_rollout():
+    core, _, for_loss, for_collection = build("transformer", False, memory=True)
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        rollout = collect_rollout(for_collection, torch.zeros(BATCH, STEPS, dtype=torch.bool))
+    observation = rollout["agents", "observation"].clone().requires_grad_(True)
+    rollout["agents", "observation"] = observation
+    for_loss.get_dist(rollout).log_prob(rollout["agents", "action"])[:, -1].sum().backward()
+    assert (observation.grad[:, 0].abs().sum((-1, -2)) > 0).all()  # the last step's loss reaches the first step
+    assert core.recurrence.weight_hh.grad.abs().sum() > 0
+
+
+def test_memory_needs_the_transformer_and_a_known_kind():
+    from torchrl.data import Categorical as CategoricalSpec, Composite, Unbounded
+
+    specs = dict(group="agents", observation_spec=Composite(observation=Unbounded((AGENTS, OBS))),
+                 action_spec=CategoricalSpec(ACTIONS, shape=(AGENTS,)), continuous=False)
+    learner_net = TensorDictModule(torch.nn.Linear(OBS, ACTIONS), [OBS_KEY], [("agents", "logits")])
+    with pytest.raises(ValueError, match="memory must be one of"):
+        make_guider("transformer", **specs, memory="lstm")
+    with pytest.raises(ValueError, match="needs the transformer guider"):
+        make_guider("anchored", **specs, memory="gru", learner_module=learner_net)
+    core, _, for_collection = make_guider("transformer", **specs, memory="gru", width=16, heads=2)
+    assert core.memory_key == MEMORY_KEY
+    assert {MEMORY_KEY, "is_init"} <= set(for_collection.in_keys) and ("next", *MEMORY_KEY) in for_collection.out_keys
