@@ -4,10 +4,10 @@
     python benchmarks/coordsum_table1.py --frames 20000000 --ablation-frames 2000000 \\
         experiment.sampling_device=cuda experiment.train_device=cuda   # the paper's budget, on a GPU
 
-Every run is one ``benchmarl run ... experiment=coordsum`` in its own process. MAGPO uses the
-authors' tuned values for the task (``algorithm=magpo_coordsum_<task>``); CTDS uses the same
-guider and clip with delta = inf and aux_coef = 0; MAPPO and IPPO use BenchMARL's defaults with
-the entropy bonus and clip of the authors' MAPPO/IPPO tuning for the task. The number reported for every
+Every run is one ``benchmarl run ... experiment=coordsum`` in its own process, with the authors'
+tuned values for the method and task (``algorithm=<method>_coordsum_<task>``: their epochs,
+minibatches, learning rate, clip and entropy; for MAGPO also delta, lambda, the guider's size and
+memory; CTDS is that MAGPO recipe with delta = inf and aux_coef = 0). The number reported for every
 method is the decentralized policy's evaluation return (for MAGPO and CTDS: the learner), the
 mean over the final evaluation's episodes, then mean and 95% CI over seeds.
 
@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from runs_common import benchmarl_run, finished_run, mean_ci
 
 from benchmarl_ext.plots import frames_of, read_scalar
@@ -41,21 +40,7 @@ PAPER = {
     "5x20": {"magpo": 117.06, "ctds": 61.01, "ippo": 113.84, "mappo": 114.58},
 }
 ALGORITHMS = ("magpo", "ctds", "mappo", "ippo")
-# the authors' tuned (clip_eps, ent_coef) for their MAPPO and IPPO (experiment_data/params.csv;
-# the two share them on every CoordSum task)
-DECENTRALIZED_TUNING = {"3x10": (0.05, 0.00001), "3x30": (0.1, 0.0), "5x20": (0.1, 0.01), "8x15": (0.1, 0.00001)}
 EVALUATIONS = 5  # evaluation points per run
-
-
-def algorithm_overrides(algorithm: str, task: str) -> list[str]:
-    preset = OmegaConf.load(CONF / "algorithm" / f"magpo_coordsum_{task}.yaml")
-    if algorithm == "magpo":
-        return [f"algorithm=magpo_coordsum_{task}"]
-    if algorithm == "ctds":
-        shared = ("clip_epsilon", "entropy_coef", "guider_embed_dim", "guider_heads", "guider_layers")
-        return ["algorithm=ctds", *(f"algorithm.{k}={preset[k]}" for k in shared)]
-    clip, entropy = DECENTRALIZED_TUNING[task]
-    return [f"algorithm={algorithm}", f"algorithm.clip_epsilon={clip}", f"algorithm.entropy_coef={entropy}"]
 
 
 def budget_overrides(frames: int) -> list[str]:
@@ -107,15 +92,15 @@ def main(argv=None) -> None:
     for task in tasks:
         for seed in range(args.seeds):
             for algorithm in ALGORITHMS:
-                overrides = [*algorithm_overrides(algorithm, task), f"task=coordsum/{task}", "experiment=coordsum",
+                overrides = [f"algorithm={algorithm}_coordsum_{task}", f"task=coordsum/{task}", "experiment=coordsum",
                              f"seed={seed}", *budget_overrides(args.frames), *args.overrides]
                 runs.append(("main", task, algorithm, seed, f"{task}_{algorithm}_seed{seed}", overrides))
     ablations = {
         "delta=1.1": ["algorithm.delta=1.1"],
         "delta=1.5": ["algorithm.delta=1.5"],
         "delta=3": ["algorithm.delta=3"],
-        "residual guider, backtrack off": ["algorithm.guider=residual"],
-        "residual guider, backtrack on": ["algorithm.guider=residual", "algorithm.backtrack=true"],
+        "residual guider, backtrack off": ["algorithm.guider=residual", "algorithm.guider_memory=none"],
+        "residual guider, backtrack on": ["algorithm.guider=residual", "algorithm.guider_memory=none", "algorithm.backtrack=true"],
         "aux_coef=0": ["algorithm.aux_coef=0"],
         "aux_coef=1": ["algorithm.aux_coef=1"],
         "aux_coef=4": ["algorithm.aux_coef=4"],
@@ -123,7 +108,7 @@ def main(argv=None) -> None:
     if args.ablation_frames:
         for seed in range(args.ablation_seeds):
             for label, extra in ablations.items():
-                overrides = [*algorithm_overrides("magpo", "5x20"), *extra, "task=coordsum/5x20", "experiment=coordsum",
+                overrides = ["algorithm=magpo_coordsum_5x20", *extra, "task=coordsum/5x20", "experiment=coordsum",
                              f"seed={seed}", *budget_overrides(args.ablation_frames), *args.overrides]
                 name = f"ablation_{label.replace(' ', '').replace(',', '_').replace('=', '')}_seed{seed}"
                 runs.append(("ablation", "5x20", label, seed, name, overrides))

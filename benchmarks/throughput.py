@@ -7,7 +7,8 @@ Each run is ``benchmarl run`` in a fresh process (so start-up and peak memory ar
 evaluation and checkpoints off, one after the other. Tasks:
 
 * ``coordsum``: CoordSum-3x10 with the authors' tuned settings for it (64 envs x 128 steps =
-  8,192 frames per iteration, 10 epochs x 8 minibatches; MAGPO: ``magpo_coordsum_3x10``);
+  8,192 frames per iteration, 10 epochs x 8 minibatches; MAGPO: ``magpo_coordsum_3x10``, each
+  guider without memory, and the transformer with its memory over the episode as the preset has it);
 * ``balance``: vmas/balance with the ``cpu`` preset (3,000 frames, 4 epochs x 2 minibatches).
 
 Reported per run: median collection, training and total seconds per iteration (iterations after
@@ -120,8 +121,9 @@ def main() -> None:
             budget = [f"experiment.max_n_frames={frames * args.iterations}", "experiment.evaluation=false",
                       "experiment.checkpoint_at_end=false"]
             algorithms = [("MAPPO", ["algorithm=mappo"])] + [
-                (f"MAGPO {guider}", [f"algorithm={magpo}", f"algorithm.guider={guider}"]) for guider in GUIDERS
-            ]
+                (f"MAGPO {guider}", [f"algorithm={magpo}", f"algorithm.guider={guider}", "algorithm.guider_memory=none"])
+                for guider in GUIDERS
+            ] + [("MAGPO transformer + memory", [f"algorithm={magpo}", "algorithm.guider_memory=gru"])]
             for name, algorithm in algorithms:
                 cell = run([*algorithm, *overrides, *budget], Path(scratch) / f"run{len(rows)}", args.threads)
                 cell["frames_per_s"] = frames / cell["iteration"]

@@ -11,6 +11,7 @@ import types
 from benchmarl.algorithms import algorithm_config_registry
 from benchmarl.environments import task_config_registry
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from benchmarl_ext.algorithm import CtdsConfig, MagpoConfig
 from benchmarl_ext.mat import MatConfig
@@ -19,10 +20,25 @@ from benchmarl_ext.tasks import TASKS, CoordSumTaskConfig
 ALGORITHMS = {"magpo": MagpoConfig, "ctds": CtdsConfig, "mat": MatConfig}
 
 
+def frames_per_minibatch(frames_per_batch: int, minibatches: int) -> int:
+    """``${frames_per_minibatch:<frames per batch>,<minibatches>}`` in the YAML: the minibatch size
+    that splits a batch into ``minibatches`` equal parts (the authors count minibatches, BenchMARL
+    sizes them)."""
+    if isinstance(minibatches, bool) or not isinstance(minibatches, int) or minibatches < 1:
+        raise ValueError(f"experiment.on_policy_minibatch_size: the number of minibatches must be an integer >= 1, got {minibatches!r}")
+    if frames_per_batch % minibatches:
+        raise ValueError(
+            f"experiment.on_policy_minibatch_size: experiment.on_policy_collected_frames_per_batch ({frames_per_batch}) "
+            f"must split into {minibatches} equal minibatches"
+        )
+    return frames_per_batch // minibatches
+
+
 @functools.cache
 def register() -> None:
     """Idempotent; called by the ``benchmarl`` command, and by Python code before it composes a
     configuration that names ``magpo``, ``ctds`` or a ``coordsum`` task."""
+    OmegaConf.register_new_resolver("frames_per_minibatch", frames_per_minibatch, replace=True)
     store = ConfigStore.instance()
     for name, config in ALGORITHMS.items():
         algorithm_config_registry[name] = config
