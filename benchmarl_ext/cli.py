@@ -3,6 +3,8 @@
     benchmarl run algorithm=magpo task=vmas/balance experiment=cpu   # any BenchMARL algorithm/task
     benchmarl run -m algorithm=magpo,mappo seed=0,1,2 task=vmas/balance experiment=cpu
     benchmarl run -m hydra/sweeper=magpo_optuna algorithm=magpo task=vmas/balance experiment=cpu  # TPE search
+    benchmarl run -m hydra/launcher=magpo_local algorithm=magpo,mappo seed=0,1,2 task=...     # parallel runs
+    benchmarl run -m hydra/launcher=magpo_slurm ...   # or magpo_ray: a cluster (conf/hydra/launcher)
     benchmarl resume outputs/.../checkpoints/checkpoint_60000.pt      # continues the run exactly
     benchmarl evaluate outputs/.../checkpoints/checkpoint_60000.pt    # prints, writes evaluations/*.json
 
@@ -21,6 +23,16 @@ from pathlib import Path
 
 THREADS_VARIABLE = "MAGPO_NUM_THREADS"
 OBJECTIVES = ("final", "auc")  # the run's return value: final evaluation return, or its mean over frames
+# Hydra plugins behind the launcher and sweeper presets: option name -> (plugin module, pip package, extra)
+PLUGINS = {
+    "hydra/launcher": {
+        **dict.fromkeys(("magpo_local", "joblib"), ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher", "launchers")),
+        **dict.fromkeys(("magpo_slurm", "submitit_slurm", "submitit_local"),
+                        ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "launchers")),
+        **dict.fromkeys(("magpo_ray", "ray", "ray_aws"), ("hydra_plugins.hydra_ray_launcher", "hydra-ray-launcher", "ray")),
+    },
+    "hydra/sweeper": dict.fromkeys(("magpo_optuna", "optuna"), ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper", "sweep")),
+}
 USAGE = """usage: benchmarl run [-m] OVERRIDE...        e.g. benchmarl run algorithm=magpo task=vmas/balance experiment=cpu
        benchmarl resume CHECKPOINT.pt
        benchmarl evaluate CHECKPOINT.pt"""
@@ -48,19 +60,49 @@ def build_experiment(cfg, task_name: str, callbacks=()):
     )
 
 
+def report_learning_curve(experiment) -> None:
+    """Draw ``learning_curve.png`` from the run's csv logs and print its path (the curve is read
+    from the csv logger's files, so runs without it get a note instead)."""
+    from benchmarl_ext.plots import plot_learning_curve
+
+    if "csv" in experiment.config.loggers:
+        print(f"learning curve: {plot_learning_curve(experiment.folder_name)}")
+    else:
+        print("learning curve: not drawn (it is read from the csv logger's files; add csv to experiment.loggers)")
+
+
+def check_plugins(argv: list[str]) -> None:
+    """Refuse a launcher or sweeper preset whose Hydra plugin is not installed, naming the extra
+    to install (Hydra alone would say only that the option is unknown), before anything runs."""
+    import importlib.util
+
+    for override in argv:
+        group, _, name = override.partition("=")
+        plugin = PLUGINS.get(group, {}).get(name)
+        if plugin is not None and importlib.util.find_spec(plugin[0]) is None:
+            raise SystemExit(
+                f"{group}={name} needs the {plugin[1]} plugin, which is not installed: "
+                f"pip install -c .ci/constraints.txt \".[{plugin[2]}]\" (from a checkout) or pip install \"magpo[{plugin[2]}]\""
+            )
+
+
 def _run_with_hydra(argv: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
     from benchmarl_ext import CONFIG_PACKAGE
-    from benchmarl_ext.plots import plot_learning_curve
 
     from benchmarl_ext.experiment import EvaluationCurve
 
     @hydra.main(config_path=CONFIG_PACKAGE, config_name="config", version_base=None)
     def run(cfg: DictConfig) -> float:
-        """One run; returns its ``objective`` (what a sweeper such as Optuna maximises)."""
+        """One run; returns its ``objective`` (what a sweeper such as Optuna maximises). A launcher
+        may run it in a fresh process (joblib, SLURM, Ray), so it sets threads and registers again."""
+        from benchmarl_ext.registration import register
+
+        configure_threads()
+        register()
         if cfg.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {cfg.objective!r}")
         choices = HydraConfig.get().runtime.choices
@@ -69,13 +111,14 @@ def _run_with_hydra(argv: list[str]) -> None:
         curve = EvaluationCurve()
         experiment = build_experiment(cfg, task_name=choices.task, callbacks=[curve])
         experiment.run()
-        print(f"learning curve: {plot_learning_curve(experiment.folder_name)}")
+        report_learning_curve(experiment)
         if not curve.points:
             return float("nan")
         value = curve.objective(cfg.objective)
         print(f"objective ({cfg.objective} evaluation return): {value:.6g}")
         return value
 
+    check_plugins(argv)
     sys.argv = ["benchmarl run", *argv]
     run()
 
@@ -151,10 +194,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"benchmarl {command} takes one checkpoint file\n{USAGE}")
         experiment = reload_experiment(rest[0], for_evaluation=command == "evaluate")
         if command == "resume":
-            from benchmarl_ext.plots import plot_learning_curve
-
             experiment.run()
-            print(f"learning curve: {plot_learning_curve(experiment.folder_name)}")
+            report_learning_curve(experiment)
         else:
             experiment.evaluate()
             experiment.close()
