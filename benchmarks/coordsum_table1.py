@@ -28,7 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from runs_common import benchmarl_run, finished_run, mean_ci
+from protocol import interval
+from runs_common import benchmarl_run, finished_run
 
 from benchmarl_ext.plots import frames_of, read_scalar
 from magpo.envs.coordsum import GROUP, TASKS, CoordSumEnv
@@ -158,9 +159,9 @@ def main(argv=None) -> None:
                 for iteration, value in read_scalar(folder, "eval_reward_episode_reward_mean").items():
                     per_frame.setdefault(frames[iteration], []).append(value)
             x = sorted(f for f, v in per_frame.items() if len(v) == len(curves.get((task, algorithm), [])))
-            stats = [mean_ci(per_frame[f]) for f in x]
-            ax.plot(x, [m for m, _ in stats], marker="o", ms=3, label=algorithm.upper())
-            ax.fill_between(x, [m - h for m, h in stats], [m + h for m, h in stats], alpha=0.2)
+            stats = [interval(per_frame[f], reps=2_000) for f in x]
+            ax.plot(x, [m for m, _, _ in stats], marker="o", ms=3, label=algorithm.upper())
+            ax.fill_between(x, [low for _, low, _ in stats], [high for _, _, high in stats], alpha=0.2)
         ax.axhline(random_level[task], color="gray", ls=":", label="uniformly random actions")
         ax.set(xlabel="frames", ylabel="evaluation return (decentralized policy)", title=f"CoordSum-{task}, {args.seeds} seeds, 95% CI")
         ax.legend()
@@ -174,8 +175,8 @@ def main(argv=None) -> None:
         values = [r["final_return"] for r in rows if (r["group"], r["task"], r["method"]) == (group, task, method)]
         if not values:
             return "not run"
-        mean, half = mean_ci(values)
-        return f"{mean:.2f} +- {half:.2f}" + (f" ({len(values)} seeds)" if len(values) != seeds[group] else "")
+        mean, low, high = interval(values)
+        return f"{mean:.2f} [{low:.2f}, {high:.2f}]" + (f" ({len(values)} seeds)" if len(values) != seeds[group] else "")
 
     import benchmarl
     import torchrl
@@ -193,7 +194,7 @@ def main(argv=None) -> None:
            f", and this invocation ({args.jobs} runs at a time, reusing runs already finished in `--out`) "
            f"{elapsed / 60:.0f} min."),
         "",
-        f"Evaluation return of the decentralized policy after {args.frames:,} frames per run (mean +- 95% CI over "
+        f"Evaluation return of the decentralized policy after {args.frames:,} frames per run (mean [95% percentile bootstrap CI] over "
         f"{args.seeds} seeds; the maximum is 200). The paper's numbers are after 20M steps.",
         "",
         "| task | method | ours | paper (20M steps) |",

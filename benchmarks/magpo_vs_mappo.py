@@ -13,12 +13,15 @@ MAPPO; an entry may add overrides of its own after ``+``, e.g.
 Writes to ``--out``:
 
 * ``magpo_vs_mappo.md``: per task, the learner's final evaluation return and its area under the
-  evaluation curve (AUC: the trapezoid mean of the return over frames), each as mean +- 95% CI
-  (Student t over seeds) with per-seed values; collection + training seconds per iteration
+  evaluation curve (AUC: the trapezoid mean of the return over frames), each as mean [95% CI]
+  (percentile bootstrap over seeds, rliable) with per-seed values; collection + training seconds per iteration
   and the ratio to MAPPO; the mean ``learner_kl`` and ``mask_fraction`` of each MAGPO preset;
   with the date, machine, versions and commit;
 * ``magpo_vs_mappo_<task>.png``: evaluation return against frames, mean and 95% CI;
-* ``magpo_vs_mappo_curves.csv``: every evaluation point of every run.
+* ``magpo_vs_mappo_curves.csv``: every evaluation point of every run;
+* ``magpo_vs_mappo_protocol.md``/``.png``: the field's protocol across tasks (``protocol.py``):
+  IQM of min-max normalised returns, probability of improvement of the first ``--magpo`` preset
+  over each other algorithm, sample-efficiency curves.
 
 With ``--jobs`` > 1 the runs share the cores (one torch thread each), so the per-iteration
 seconds are those of a loaded machine; ratios stay comparable because every algorithm runs
@@ -33,7 +36,8 @@ import re
 import statistics
 from pathlib import Path
 
-from runs_common import mean_ci, provenance, run_many
+from protocol import interval, report
+from runs_common import provenance, run_many
 
 from benchmarl_ext.plots import area_under_curve, frames_of, read_scalar, scalars_folder
 
@@ -68,8 +72,8 @@ def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]]
     import matplotlib.pyplot as plt
 
     def cell(values):
-        mean, half = mean_ci(values)
-        return f"{mean:.2f} +- {half:.2f}"
+        mean, low, high = interval(values)
+        return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
 
     timing = {a: statistics.fmean(per_iteration_seconds(f) for f in folders[a]) for a in algorithms}
     label = {a: "MAPPO" if a == "mappo" else a if a.startswith(("mappo", "ippo")) else f"{a} learner" for a in algorithms}
@@ -95,9 +99,9 @@ def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]]
             f"{' | '.join(diagnostics)} |"
         )
         frames = [x for x, _ in curves[0]]
-        stats = [mean_ci([c[k][1] for c in curves]) for k in range(len(frames))]
-        ax.plot(frames, [m for m, _ in stats], marker="o", ms=3, label=label[algorithm])
-        ax.fill_between(frames, [m - h for m, h in stats], [m + h for m, h in stats], alpha=0.2)
+        stats = [interval([c[k][1] for c in curves], reps=2_000) for k in range(len(frames))]
+        ax.plot(frames, [m for m, _, _ in stats], marker="o", ms=3, label=label[algorithm])
+        ax.fill_between(frames, [low for _, low, _ in stats], [high for _, _, high in stats], alpha=0.2)
     ax.set(xlabel="frames", ylabel="evaluation episode return", title=f"{task}, {len(folders['mappo'])} seeds (95% CI)")
     ax.legend()
     fig.tight_layout()
@@ -162,8 +166,8 @@ def main(argv=None) -> None:
         f"{provenance()} Command: `{command}`.",
         "",
         "Every return is the evaluation of the decentralized policy (MAGPO: the learner), deterministic actions. "
-        "Final: at the last evaluation. AUC: trapezoid mean of the evaluation return over frames. Mean +- 95% CI "
-        "half-width (Student t over seeds). s / iteration: median collection + training seconds of each run, mean "
+        "Final: at the last evaluation. AUC: trapezoid mean of the evaluation return over frames. Mean [95% "
+        "percentile bootstrap CI over seeds, rliable]. s / iteration: median collection + training seconds of each run, mean "
         f"over seeds{' (runs shared the cores, ' + str(args.jobs) + ' at a time)' if args.jobs > 1 else ''}. "
         "learner_kl (KL(guider || learner)) and mask_fraction (share of samples outside the delta band): mean over "
         "training iterations.",
@@ -171,6 +175,8 @@ def main(argv=None) -> None:
     ]
     for task in tasks:
         lines += task_report(task, algorithms, folders[task], args.out)
+    protocol = report(args.out / "magpo_vs_mappo_curves.csv", candidate=presets[0], out=args.out)
+    lines += [f"Across tasks (IQM, probability of improvement, sample efficiency): [{protocol.name}]({protocol.name}).", ""]
     (args.out / "magpo_vs_mappo.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

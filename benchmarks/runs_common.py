@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: running one `benchmarl run` in its own process, and
-confidence intervals over seeds."""
+"""What the benchmark scripts share: running one `benchmarl run` in its own process, and the
+provenance line of a results file (statistics: protocol.py, through rliable)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,10 @@ import datetime
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-# two-sided 95% Student-t quantiles by degrees of freedom
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% confidence interval (Student t) over seeds."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, float("nan")
-    return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
-
 
 def benchmarl_run(name: str, overrides: list[str], runs_dir: Path, threads: int | None = None, reuse: bool = False) -> Path:
     """``benchmarl run OVERRIDES`` in a fresh process, logged to ``runs_dir/<name>.log``;
