@@ -13,7 +13,8 @@ mean over the final evaluation's episodes, then mean and 95% CI over seeds.
 
 Ablations (coordsum/5x20, ``--ablation-frames``): delta in {1.1, 1.5, 3}, backtrack on/off
 (residual guider), aux_coef in {0, 1, 4}. Writes ``coordsum_table1.md``, ``coordsum_<task>.png``
-and ``coordsum_runs.csv`` to ``--out``.
+``coordsum_runs.csv``, ``coordsum_curves.csv`` and the protocol's report across tasks
+(``coordsum_protocol.md``/``.png``: IQM, probability of improvement of MAGPO) to ``--out``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from protocol import interval
+from protocol import interval, report
 from runs_common import benchmarl_run, finished_run
 
 from benchmarl_ext.plots import frames_of, read_scalar
@@ -144,6 +145,14 @@ def main(argv=None) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    with (args.out / "coordsum_curves.csv").open("w", newline="") as f:  # the protocol's input
+        writer = csv.writer(f)
+        writer.writerow(["task", "algorithm", "seed", "frames", "eval_return"])
+        for (task, algorithm), folders in sorted(curves.items()):
+            for seed, folder in enumerate(folders):
+                frames = frames_of(folder)
+                writer.writerows([task, algorithm, seed, frames[i], value]
+                                 for i, value in sorted(read_scalar(folder, "eval_reward_episode_reward_mean").items()))
 
     import matplotlib
 
@@ -216,6 +225,8 @@ def main(argv=None) -> None:
             "",
         ]
     lines += [f"![{task}](coordsum_{task}.png)" for task in tasks] + [""]
+    protocol = report(args.out / "coordsum_curves.csv", candidate="magpo", out=args.out)
+    lines += [f"Across tasks (IQM, probability of improvement of MAGPO, sample efficiency): [{protocol.name}]({protocol.name}).", ""]
     (args.out / "coordsum_table1.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
