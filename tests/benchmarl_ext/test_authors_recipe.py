@@ -14,11 +14,11 @@ from benchmarl.hydra_config import (
     load_model_config_from_hydra,
 )
 from benchmarl.models import GruConfig
-from hydra import compose, initialize_config_module
 
 from benchmarl_ext import cli
 from benchmarl_ext.plots import read_scalar
 from benchmarl_ext.registration import frames_per_minibatch, register
+from configs import build_experiment, compose_config
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 register()
@@ -43,16 +43,8 @@ ROWS = list(csv.DictReader(io.StringIO(PARAMS_CSV)))
 FRAMES_PER_BATCH = 2 * 64 * 128  # update_batch_size x num_envs x rollout_length
 
 
-def compose_run(overrides: list[str]):
-    with initialize_config_module(config_module="benchmarl_ext.conf", version_base=None):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    task_name = cfg.hydra.runtime.choices.task
-    del cfg.hydra
-    return cfg, task_name
-
-
 def recipe(method: str, task: str):
-    cfg, _ = compose_run([f"algorithm={method}_coordsum_{task}", f"task=coordsum/{task}", "experiment=coordsum_authors"])
+    cfg, _ = compose_config([f"algorithm={method}_coordsum_{task}", f"task=coordsum/{task}", "experiment=coordsum_authors"])
     return (load_algorithm_config_from_hydra(cfg.algorithm), load_experiment_config_from_hydra(cfg.experiment),
             load_model_config_from_hydra(cfg.model), load_model_config_from_hydra(cfg.critic_model))
 
@@ -88,7 +80,7 @@ def test_presets_hold_the_published_values(row):
 
 
 def test_minibatches_follow_the_batch_and_must_split_it():
-    cfg, _ = compose_run(["algorithm=magpo_coordsum_3x10", "task=coordsum/3x10", "experiment=coordsum"])
+    cfg, _ = compose_config(["algorithm=magpo_coordsum_3x10", "task=coordsum/3x10", "experiment=coordsum"])
     assert load_experiment_config_from_hydra(cfg.experiment).on_policy_minibatch_size == 6400 // 8  # the CPU batch
     assert frames_per_minibatch(16384, 8) == 2048
     for bad, field in [((100, 8), "split into 8"), ((100, 0), ">= 1")]:
@@ -103,10 +95,7 @@ def test_the_recipe_runs_with_a_recurrent_learner_and_a_memory_guider(tmp_path):
             "model.hidden_size=16", "model.mlp_num_cells=[16]", "critic_model.hidden_size=16",
             "critic_model.mlp_num_cells=[16]", "algorithm.guider_embed_dim=8"]
     command = ["algorithm=magpo_coordsum_3x10", "task=coordsum/3x10", "experiment=coordsum_authors", *tiny]
-    cfg, task_name = compose_run(command)
-    tmp_path.mkdir(exist_ok=True)
-    cfg.experiment.save_folder = str(tmp_path)
-    experiment = cli.build_experiment(cfg, task_name)
+    experiment = build_experiment(tmp_path, command)
     assert experiment.algorithm.has_rnn and experiment.algorithm.guider_memory == "gru"
     assert type(experiment.model_config).__name__ == "GruConfig"
     experiment.close()

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from benchmarl_ext import cli
 from benchmarl_ext.plots import read_scalar
 from benchmarl_ext.registration import register
+import configs
 from magpo.guiders import SequentialGuiderSampler, TeacherForcedGuider
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -46,18 +46,11 @@ def run_command(tmp_path: Path, overrides: list[str]) -> Path:
 
 
 def compose_config(overrides: list[str]):
-    with initialize_config_module(config_module="benchmarl_ext.conf", version_base=None):
-        cfg = compose(config_name="config", overrides=[*TINY, *overrides], return_hydra_config=True)
-    task_name = cfg.hydra.runtime.choices.task
-    del cfg.hydra
-    return cfg, task_name
+    return configs.compose_config([*TINY, *overrides])
 
 
 def make_experiment(tmp_path: Path, overrides: list[str]):
-    cfg, task_name = compose_config(overrides)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    cfg.experiment.save_folder = str(tmp_path)
-    return cli.build_experiment(cfg, task_name)
+    return configs.build_experiment(tmp_path, [*TINY, *overrides])
 
 
 @pytest.mark.parametrize(

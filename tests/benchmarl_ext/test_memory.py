@@ -10,11 +10,11 @@ import pytest
 import torch
 from benchmarl.experiment.callback import Callback
 from benchmarl.models import Gru, Lstm
-from hydra import compose, initialize_config_module
 
 from benchmarl_ext import cli
 from benchmarl_ext.plots import read_scalar
 from benchmarl_ext.registration import register
+from configs import build_experiment
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 register()
@@ -32,14 +32,8 @@ MLP = ["model.num_cells=[16,16]", "critic_model.num_cells=[16,16]"]
 RECURRENT = ["model.hidden_size=16", "model.mlp_num_cells=[16]"]
 
 
-def build(tmp_path: Path, overrides: list[str], callbacks=()):
-    with initialize_config_module(config_module="benchmarl_ext.conf", version_base=None):
-        cfg = compose(config_name="config", overrides=[*TINY, *overrides], return_hydra_config=True)
-    task_name = cfg.hydra.runtime.choices.task
-    del cfg.hydra
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    cfg.experiment.save_folder = str(tmp_path)
-    return cli.build_experiment(cfg, task_name, callbacks=list(callbacks))
+def build(folder: Path, overrides: list[str], callbacks=()):
+    return build_experiment(folder, [*TINY, *overrides], callbacks=callbacks)
 
 
 class CheckCollectedBatches(Callback):

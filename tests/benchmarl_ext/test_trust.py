@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from benchmarl.experiment.callback import Callback
-from hydra import compose, initialize_config_module
 
 from benchmarl_ext import cli
 from benchmarl_ext.checkpoints import CheckpointError
 from benchmarl_ext.registration import register
+from configs import build_experiment as build
+from configs import compose_config
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 register()
@@ -51,23 +52,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def compose_config(overrides: list[str]):
-    with initialize_config_module(config_module="benchmarl_ext.conf", version_base=None):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    task_name = cfg.hydra.runtime.choices.task
-    del cfg.hydra
-    return cfg, task_name
-
-
-def build(folder: Path, overrides: list[str], restore: Path | None = None, callbacks=()):
-    cfg, task_name = compose_config(overrides)
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg.experiment.save_folder = str(folder)
-    if restore is not None:
-        cfg.experiment.restore_file = str(restore)
-    return cli.build_experiment(cfg, task_name, callbacks=callbacks)
 
 
 class Interrupted(Exception):
