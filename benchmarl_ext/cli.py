@@ -33,6 +33,7 @@ PLUGINS = {
     },
     "hydra/sweeper": dict.fromkeys(("magpo_optuna", "optuna"), ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper", "sweep")),
 }
+TASK_SUITES = ("coordsum", "rware", "lbf")  # this package's task groups (conf/task/<suite>)
 USAGE = """usage: benchmarl run [-m] OVERRIDE...        e.g. benchmarl run algorithm=magpo task=vmas/balance experiment=cpu
        benchmarl resume CHECKPOINT.pt
        benchmarl evaluate CHECKPOINT.pt"""
@@ -71,13 +72,20 @@ def report_learning_curve(experiment) -> None:
         print("learning curve: not drawn (it is read from the csv logger's files; add csv to experiment.loggers)")
 
 
-def check_plugins(argv: list[str]) -> None:
-    """Refuse a launcher or sweeper preset whose Hydra plugin is not installed, naming the extra
-    to install (Hydra alone would say only that the option is unknown), before anything runs."""
+def check_choices(argv: list[str]) -> None:
+    """Refuse, before anything runs, what Hydra would report without the useful part: a task of
+    one of this package's suites that does not exist (naming the suite's tasks), and a launcher
+    or sweeper preset whose plugin is not installed (naming the extra to install)."""
     import importlib.util
+
+    from benchmarl_ext.tasks import TASKS
 
     for override in argv:
         group, _, name = override.partition("=")
+        suite = name.split("/")[0]
+        if group == "task" and suite in TASK_SUITES and name not in TASKS:
+            valid = [task.split("/")[1] for task in TASKS if task.startswith(f"{suite}/")]
+            raise SystemExit(f"task={name}: {suite} has no task {name.split('/', 1)[-1]!r}; its tasks: {', '.join(valid)}")
         plugin = PLUGINS.get(group, {}).get(name)
         if plugin is not None and importlib.util.find_spec(plugin[0]) is None:
             raise SystemExit(
@@ -118,7 +126,7 @@ def _run_with_hydra(argv: list[str]) -> None:
         print(f"objective ({cfg.objective} evaluation return): {value:.6g}")
         return value
 
-    check_plugins(argv)
+    check_choices(argv)
     sys.argv = ["benchmarl run", *argv]
     run()
 

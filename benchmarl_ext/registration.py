@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from benchmarl_ext.algorithm import CtdsConfig, MagpoConfig
 from benchmarl_ext.mat import MatConfig
-from benchmarl_ext.tasks import TASKS, CoordSumTaskConfig
+from benchmarl_ext.tasks import TASK_CONFIGS, TASKS
 
 ALGORITHMS = {"magpo": MagpoConfig, "ctds": CtdsConfig, "mat": MatConfig}
 
@@ -37,21 +37,23 @@ def frames_per_minibatch(frames_per_batch: int, minibatches: int) -> int:
 @functools.cache
 def register() -> None:
     """Idempotent; called by the ``benchmarl`` command, and by Python code before it composes a
-    configuration that names ``magpo``, ``ctds`` or a ``coordsum`` task."""
+    configuration that names ``magpo``, ``ctds``, ``mat`` or a ``coordsum``, ``rware`` or ``lbf`` task."""
     OmegaConf.register_new_resolver("frames_per_minibatch", frames_per_minibatch, replace=True)
     store = ConfigStore.instance()
     for name, config in ALGORITHMS.items():
         algorithm_config_registry[name] = config
         store.store(name=f"{name}_config", group="algorithm", node=config)
     task_config_registry.update(TASKS)
-    store.store(name="coordsum_config", group="task", node=CoordSumTaskConfig)
-    # BenchMARL type-checks a task's fields with the TaskConfig dataclass it imports from the
-    # module benchmarl.environments.<env>.<task>, and warns "dataclass not found" when there is
-    # none. These module entries point it at ours.
-    package = sys.modules.setdefault("benchmarl.environments.coordsum", types.ModuleType("benchmarl.environments.coordsum"))
-    if not hasattr(package, "__path__"):  # ours, not a real BenchMARL package of that name
-        package.__path__ = []
+    for suite, config in TASK_CONFIGS.items():
+        store.store(name=f"{suite}_config", group="task", node=config)
+        # BenchMARL type-checks a task's fields with the TaskConfig dataclass it imports from the
+        # module benchmarl.environments.<env>.<task>, and warns "dataclass not found" when there
+        # is none. These module entries point it at ours.
+        name = f"benchmarl.environments.{suite}"
+        package = sys.modules.setdefault(name, types.ModuleType(name))
+        if not hasattr(package, "__path__"):  # ours, not a real BenchMARL package of that name
+            package.__path__ = []
     for name in TASKS:
         module = types.ModuleType(f"benchmarl.environments.{name.replace('/', '.')}")
-        module.TaskConfig = CoordSumTaskConfig
+        module.TaskConfig = TASK_CONFIGS[name.split("/")[0]]
         sys.modules.setdefault(module.__name__, module)
