@@ -33,7 +33,6 @@ PLUGINS = {
     },
     "hydra/sweeper": dict.fromkeys(("magpo_optuna", "optuna"), ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper", "sweep")),
 }
-TASK_SUITES = ("coordsum", "rware", "lbf")  # this package's task groups (conf/task/<suite>)
 USAGE = """usage: benchmarl run [-m] OVERRIDE...        e.g. benchmarl run algorithm=magpo task=vmas/balance experiment=cpu
        benchmarl resume CHECKPOINT.pt
        benchmarl evaluate CHECKPOINT.pt"""
@@ -78,12 +77,12 @@ def check_choices(argv: list[str]) -> None:
     or sweeper preset whose plugin is not installed (naming the extra to install)."""
     import importlib.util
 
-    from benchmarl_ext.tasks import TASKS
+    from benchmarl_ext.tasks import TASK_CONFIGS, TASKS
 
     for override in argv:
         group, _, name = override.partition("=")
         suite = name.split("/")[0]
-        if group == "task" and suite in TASK_SUITES and name not in TASKS:
+        if group == "task" and suite in TASK_CONFIGS and name not in TASKS:  # this package's suites
             valid = [task.split("/")[1] for task in TASKS if task.startswith(f"{suite}/")]
             raise SystemExit(f"task={name}: {suite} has no task {name.split('/', 1)[-1]!r}; its tasks: {', '.join(valid)}")
         plugin = PLUGINS.get(group, {}).get(name)
