@@ -123,7 +123,7 @@ class MultiAgentGymEnv(EnvBase):
 
     def __init__(self, suite: str, task: str, time_limit: int | None = None, seed: int | None = None, device=None):
         super().__init__(device=device, batch_size=torch.Size([]))
-        self.suite, self.task = suite, task
+        self.suite, self.task, self._time_limit = suite, task, time_limit
         self._game = make_game(suite, task, time_limit)
         spaces = self._game.observation_space.spaces
         self.n_agents = len(spaces)
@@ -144,7 +144,11 @@ class MultiAgentGymEnv(EnvBase):
         self._pending_seed = seed
 
     def _set_seed(self, seed: int | None):
-        self._pending_seed = seed  # gymnasium seeds at reset; later resets continue that stream
+        # A fresh game: LBF's reset(seed=...) also depends on the previous episode's state, so
+        # only a new game seeded at its first reset repeats exactly. Later resets continue the stream.
+        self._game.close()
+        self._game = make_game(self.suite, self.task, self._time_limit)
+        self._pending_seed = seed
 
     def _observation(self, observations) -> torch.Tensor:
         return torch.as_tensor(np.stack(observations), dtype=torch.float32, device=self.device)
