@@ -4,8 +4,8 @@ each, and the errors for an unknown task or a missing package. Tiny sizes."""
 
 from __future__ import annotations
 
-import importlib
 import math
+import sys
 
 import pytest
 
@@ -54,14 +54,7 @@ def test_an_unknown_task_lists_the_suites_tasks(task, listed, tmp_path, monkeypa
 def test_a_missing_package_names_the_extra_before_any_environment(tmp_path, monkeypatch):
     import benchmarl.experiment.experiment as bm_experiment
 
-    real_import = importlib.import_module
-
-    def without_rware(name, *args):
-        if name == "rware":
-            raise ImportError("No module named 'rware'")
-        return real_import(name, *args)
-
-    monkeypatch.setattr(importlib, "import_module", without_rware)
+    monkeypatch.setitem(sys.modules, "rware", None)  # makes `import rware` fail as if it were not installed
     monkeypatch.setattr(bm_experiment.Experiment, "_setup_task", lambda *a, **k: pytest.fail("an environment was built"))
     with pytest.raises(ImportError, match=r"^task: this task needs the rware package.*\[rware\]"):
         build_experiment(tmp_path, ["algorithm=magpo", "task=rware/tiny-2ag", *BUDGET])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import sys
 
 import pytest
 import torch
@@ -67,13 +67,6 @@ def test_bad_names_and_a_missing_package(monkeypatch):
         make_game("smax", "3m")
     with pytest.raises(ValueError, match="time_limit"):
         make_game("lbf", "8x8-2p-2f-coop", time_limit=0)
-    real_import = importlib.import_module
-
-    def without_lbforaging(name, *args):
-        if name == "lbforaging":
-            raise ImportError("No module named 'lbforaging'")
-        return real_import(name, *args)
-
-    monkeypatch.setattr(importlib, "import_module", without_lbforaging)
+    monkeypatch.setitem(sys.modules, "lbforaging", None)  # makes `import lbforaging` fail as if it were not installed
     with pytest.raises(ImportError, match=r"lbforaging package.*\[lbf\]"):
         make_game("lbf", "8x8-2p-2f-coop")
