@@ -90,7 +90,7 @@ class _GridWorldClass(_DiscreteTaskClass):
         return lambda: MultiAgentGymEnv(suite, task, time_limit=time_limit, seed=seed, device=device)
 
     def max_steps(self, env: EnvBase) -> int:
-        return env.max_steps if hasattr(env, "max_steps") else env.base_env.max_steps
+        return env.max_steps  # a TransformedEnv passes the attribute on from its base env
 
     def group_map(self, env: EnvBase) -> Dict[str, List[str]]:
         n_agents = env.full_action_spec_unbatched[GROUP, "action"].shape[0]

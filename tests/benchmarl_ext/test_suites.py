@@ -12,7 +12,7 @@ import pytest
 from benchmarl_ext import cli
 from benchmarl_ext.plots import read_scalar
 from benchmarl_ext.registration import register
-from configs import build_experiment
+from configs import build_experiment, compose_config
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 register()
@@ -25,6 +25,17 @@ TASKS = {"rware/tiny-2ag": ["task.time_limit=10"], "lbf/8x8-2p-2f-coop": ["task.
          "vmas/simple_spread": ["task.max_steps=10"]}
 ALGORITHMS = {"magpo": ["algorithm.guider_embed_dim=8", "algorithm.guider_heads=2"], "mappo": [],
               "mat": ["algorithm.embed_dim=8", "algorithm.heads=2"]}
+
+
+def test_every_task_of_the_suites_is_a_benchmarl_task():
+    from benchmarl_ext.tasks import TASKS as BENCHMARL_TASKS
+    from magpo.envs.gym_suites import SUITES
+
+    for suite in SUITES:
+        names = {name.split("/")[1] for name in BENCHMARL_TASKS if name.startswith(f"{suite}/")}
+        assert names == set(SUITES[suite].tasks), suite
+        for name in names:
+            compose_config(["algorithm=mappo", f"task={suite}/{name}", "experiment=cpu"])  # its YAML exists
 
 
 @pytest.mark.parametrize("task", TASKS)
