@@ -40,8 +40,9 @@ from kernels import LossOptions, magpo_loss_categorical  # noqa: E402
 
 LOSS_FILE = Path("mava/systems/gpo/anakin/rec_magpo.py")
 LOSS_FUNCTIONS = ("_guider_loss_fn", "_actor_loss_fn")
-SETTINGS = [  # (delta, clip_epsilon, aux_coef): their default and their tuned CoordSum values
-    (1.5, 0.2, 1.0), (1.3, 0.05, 2.0), (1.2, 0.1, 8.0), (1.1, 0.2, 4.0), (3.0, 0.2, 0.0),
+SETTINGS = [  # (delta, clip_epsilon, aux_coef): their default, their four tuned CoordSum rows, and a
+    # loose band with pure distillation (lambda = 0)
+    (1.5, 0.2, 1.0), (1.3, 0.05, 2.0), (1.2, 0.1, 8.0), (1.1, 0.2, 4.0), (1.3, 0.2, 8.0), (3.0, 0.2, 0.0),
 ]
 
 

@@ -59,7 +59,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         runs_dir = Path(scratch)
         for job, (overrides, frames, magpo) in TASKS.items():
-            overrides = [f"algorithm={magpo}", *overrides]
+            # the memoryless transformer guider, as measured before the presets gained memory
+            overrides = [f"algorithm={magpo}", "algorithm.guider_memory=none", *overrides]
             for neighbour in (False, True):
                 for threads in (1, 2):
                     busy = subprocess.Popen(NEIGHBOUR) if neighbour else None
