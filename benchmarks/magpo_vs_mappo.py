@@ -9,7 +9,7 @@ algorithms' order rotated from seed to seed so that machine drift hits all alike
 finished under ``--out/runs`` are reused, so an interrupted set resumes and a new preset adds
 only its own runs. ``--magpo`` names the MAGPO presets (``conf/algorithm/*.yaml``) to run beside
 MAPPO; an entry may add overrides of its own after ``+``, e.g.
-``magpo_anchored+algorithm.lmbda=0.9+algorithm.normalize_advantage=false`` (an ablation).
+``magpo+algorithm.lmbda=0.9+algorithm.normalize_advantage=false`` (an ablation).
 Writes to ``--out``:
 
 * ``magpo_vs_mappo.md``: per task, the learner's final evaluation return and its area under the
@@ -116,7 +116,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="seeds per algorithm and task, >= 2")
     parser.add_argument("--tasks", default=DEFAULT_TASKS, help="comma-separated BenchMARL tasks")
     parser.add_argument("--experiment", default="cpu")
-    parser.add_argument("--magpo", default="magpo,magpo_anchored",
+    parser.add_argument("--magpo", default="magpo,magpo_transformer",
                         help="comma-separated MAGPO algorithm presets, each optionally followed by +override+...")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (one torch thread each when > 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -132,7 +132,7 @@ def main(argv=None) -> None:
     presets = [p for p in args.magpo.split(",") if p]
     unknown = [p for p in presets if not any((conf / f"{p.split('+')[0]}.yaml").exists() for conf in confs)]
     if unknown or not presets:
-        parser.error(f"--magpo must name algorithm presets of this package or BenchMARL (e.g. magpo,magpo_anchored), got {args.magpo!r}")
+        parser.error(f"--magpo must name algorithm presets of this package or BenchMARL (e.g. magpo,magpo_transformer), got {args.magpo!r}")
     tasks = [t for t in args.tasks.split(",") if t]
     algorithms = ["mappo", *presets]
 

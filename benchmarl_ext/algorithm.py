@@ -237,7 +237,7 @@ class MagpoConfig(MappoConfig):
     delta_bounds: List[float] = field(default_factory=lambda: [DeltaSchedule.low, DeltaSchedule.high])
     aux_coef: float = LossOptions.aux_coef
     learner_kl: str = LossOptions.learner_kl
-    guider: str = "transformer"
+    guider: str = "anchored"
     guider_memory: str = "none"
     guider_embed_dim: int = 64
     guider_heads: int = 4

@@ -40,6 +40,7 @@ gradient flows through the whole rollout.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Sequence
@@ -376,13 +377,28 @@ class AnchoredGuider(_CorrectedGuider):
     def __init__(self, learner_module: TensorDictModuleBase, learner_out_key: NestedKey, *args, **kwargs):
         super().__init__(learner_out_key, *args, **kwargs)
         self._learner = (learner_module,)  # a tuple: nn.Module does not register what it holds
+        self._given_base: torch.Tensor | None = None
 
     def base_module(self) -> TensorDictModuleBase:
         return self._learner[0]
 
     def base_params(self, tensordict: TensorDictBase) -> torch.Tensor:
+        if self._given_base is not None:
+            return self._given_base
         with torch.no_grad():  # sg(learner): the guider's loss never reaches the learner
             return super().base_params(tensordict)
+
+    @contextlib.contextmanager
+    def given_base(self, base: torch.Tensor):
+        """Within the block, :meth:`base_params` returns ``base.detach()`` instead of running the
+        learner. The loss has just run the learner on the same batch (``base`` is its output at
+        ``base_out_key``, ``[*B, n_agents, P]``), so this saves one learner forward per minibatch
+        and gives the very same values."""
+        self._given_base = base.detach()
+        try:
+            yield
+        finally:
+            self._given_base = None
 
 
 class TeacherForcedGuider(TensorDictModuleBase):

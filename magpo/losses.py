@@ -21,6 +21,7 @@ other, each with its own optimizer, as BenchMARL does.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -32,6 +33,8 @@ from torchrl.objectives import PPOLoss
 
 import kernels
 from kernels import LossOptions, MAGPOLossTerms
+
+from .guiders import AnchoredGuider
 
 __all__ = ["GuiderClipLoss", "LearnerKLPPOLoss", "LossOptions", "MAGPOLoss", "NonFiniteLossError"]
 
@@ -146,6 +149,13 @@ class _GuidedPPOLoss(PPOLoss):
         self.convert_to_functional(learner_network, "learner_network")
         self.options = options
         self.check_finite = check_finite
+        # An anchored guider's base is this loss's learner, read without gradient: the loss hands
+        # it the learner output it computes anyway instead of letting it run the learner again.
+        learner_modules = {id(m) for m in self.learner_network.modules()}
+        self._anchored_cores = tuple(
+            m for m in self.actor_network.modules()
+            if isinstance(m, AnchoredGuider) and id(m.base_module()) in learner_modules
+        )
 
     @property
     def guider_network(self) -> TensorDictModule:
@@ -217,9 +227,13 @@ class _GuidedPPOLoss(PPOLoss):
             )
         if behavior_log_prob.requires_grad or action.requires_grad:
             raise ValueError(f"{type(self).__name__}: the stored action and behaviour log-prob must not require grad")
-        guider_dist = self._dist("actor", tensordict)
+        learner_dist = self._dist("learner", tensordict)  # writes the learner's outputs into tensordict
+        with contextlib.ExitStack() as shared:
+            for core in self._anchored_cores:
+                shared.enter_context(core.given_base(tensordict.get(core.base_out_key)))
+            guider_dist = self._dist("actor", tensordict)
         kind, g_first, g_second = _distribution_parameters(guider_dist, "guider")
-        learner_kind, l_first, l_second = _distribution_parameters(self._dist("learner", tensordict), "learner")
+        learner_kind, l_first, l_second = _distribution_parameters(learner_dist, "learner")
         if kind != learner_kind:
             raise TypeError(f"guider and learner distributions differ in kind: {kind} vs {learner_kind}")
         action, behavior = _action_in_base_space(guider_dist, action, behavior_log_prob)

@@ -57,13 +57,14 @@ def make_experiment(tmp_path: Path, overrides: list[str]):
     "overrides, name",
     [
         (["algorithm=magpo", *SMALL_GUIDER], "magpo"),
+        (["algorithm=magpo_transformer", *SMALL_GUIDER], "magpo"),
         (["algorithm=magpo", "experiment.prefer_continuous_actions=false", "algorithm.guider=residual",
           "algorithm.backtrack=true", "algorithm.agent_order=fixed", "algorithm.guider_embed_dim=8"], "magpo"),
         (["algorithm=ctds", *SMALL_GUIDER], "ctds"),
         (["algorithm=mappo"], "mappo"),
         (["algorithm=mat", "algorithm.embed_dim=8", "algorithm.heads=2"], "mat"),
     ],
-    ids=["magpo-continuous", "magpo-discrete-residual-backtrack", "ctds", "mappo", "mat"],
+    ids=["magpo-continuous", "magpo-transformer-continuous", "magpo-discrete-residual-backtrack", "ctds", "mappo", "mat"],
 )
 def test_benchmarl_run_end_to_end(tmp_path, overrides, name):
     folder = run_command(tmp_path, overrides)

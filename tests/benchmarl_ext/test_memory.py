@@ -26,7 +26,7 @@ TINY = [
     f"experiment.on_policy_n_envs_per_worker={ENVS}", "experiment.on_policy_minibatch_size=40",
     "experiment.on_policy_n_minibatch_iters=2", "experiment.evaluation_interval=80",
     "experiment.evaluation_episodes=2",
-    "algorithm=magpo", "algorithm.guider_embed_dim=8", "algorithm.guider_heads=2",
+    "algorithm=magpo_transformer", "algorithm.guider_embed_dim=8", "algorithm.guider_heads=2",
 ]
 MLP = ["model.num_cells=[16,16]", "critic_model.num_cells=[16,16]"]
 RECURRENT = ["model.hidden_size=16", "model.mlp_num_cells=[16]"]

@@ -33,7 +33,7 @@ COORDSUM = ["task=coordsum/3x10", "task.time_limit=10", "experiment=coordsum", "
 SMALL_GUIDER = ["algorithm.guider_embed_dim=8", "algorithm.guider_heads=2"]
 CASES = {
     "magpo-vmas": ["algorithm=magpo", *SMALL_GUIDER, *VMAS],
-    "magpo-anchored-vmas": ["algorithm=magpo_anchored", "experiment.prefer_continuous_actions=false", *SMALL_GUIDER, *VMAS],
+    "magpo-transformer-vmas": ["algorithm=magpo_transformer", "experiment.prefer_continuous_actions=false", *SMALL_GUIDER, *VMAS],
     "magpo-residual-backtrack-vmas": ["algorithm=magpo_residual", "algorithm.backtrack=true", *SMALL_GUIDER, *VMAS],
     "magpo-auto-delta-per-epoch-vmas": ["algorithm=magpo", "algorithm.delta=auto", "algorithm.agent_order=per_epoch",
                                         *SMALL_GUIDER, *VMAS],

@@ -5,10 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 from tensordict import TensorDict
-from tensordict.nn import NormalParamExtractor, ProbabilisticTensorDictModule, TensorDictModule
+from tensordict.nn import (
+    NormalParamExtractor,
+    ProbabilisticTensorDictModule,
+    ProbabilisticTensorDictSequential,
+    TensorDictModule,
+)
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MaskedCategorical, TanhNormal
 
+from magpo import GuiderClipLoss, LearnerKLPPOLoss, LossOptions
 from magpo.guiders import AnchoredGuider, ResidualGuider, TransformerGuider, make_guider, make_guider_policies
 
 BATCH, AGENTS, OBS, ACTIONS, DIMS = 6, 4, 5, 4, 2
@@ -211,6 +217,75 @@ def test_anchored_guider_owns_only_its_correction_and_its_loss_never_reaches_the
     for_loss.get_dist(data).log_prob(data["agents", "action"]).sum().backward()
     assert all(p.grad is None for p in learner_net.parameters())
     assert core.correction[-1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_loss_hands_the_anchored_guider_its_learner_output_with_the_same_result(continuous):
+    """The loss runs the learner once per forward and gives its output to the anchored guider as
+    the base; losses and gradients are bit-identical to the guider running the learner itself."""
+    core, learner_net, for_loss, for_collection = build("anchored", continuous)
+    if continuous:
+        learner = ProbabilisticTensorDictSequential(
+            learner_net, TensorDictModule(NormalParamExtractor(), [("agents", "logits")], [("agents", "loc"), ("agents", "scale")]),
+            ProbabilisticTensorDictModule(in_keys={"loc": ("agents", "loc"), "scale": ("agents", "scale")},
+                                          out_keys=[("agents", "action")], distribution_class=TanhNormal),
+        )
+    else:
+        learner = ProbabilisticTensorDictSequential(
+            learner_net, ProbabilisticTensorDictModule(in_keys={"logits": ("agents", "logits"), "mask": ("agents", "action_mask")},
+                                                       out_keys=[("agents", "action")], distribution_class=MaskedCategorical),
+        )
+    data = batch()
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        for_collection(data)
+    data["agents", "advantage"] = torch.randn(BATCH, AGENTS, 1, generator=torch.Generator().manual_seed(1))
+    calls = []
+    learner_net.module.register_forward_hook(lambda *_: calls.append(1))
+
+    def run(share):
+        loss = guided_loss(for_loss, learner)
+        assert loss._anchored_cores == (core,)
+        if not share:
+            loss._anchored_cores = ()
+        calls.clear()
+        out = loss(data.clone())
+        for p in [*core.parameters(), *learner_net.parameters()]:
+            p.grad = None
+        (out["loss_guider"] + out["loss_entropy"] + out["loss_learner"]).backward()
+        grads = [p.grad.clone() for p in [*core.parameters(), *learner_net.parameters()] if p.grad is not None]
+        return out, grads, len(calls)
+
+    shared, shared_grads, shared_calls = run(True)
+    alone, alone_grads, alone_calls = run(False)
+    assert (shared_calls, alone_calls) == (1, 2)
+    assert set(shared.keys()) == set(alone.keys())
+    for key in shared.keys():
+        assert torch.equal(shared[key], alone[key]), key
+    assert len(shared_grads) == len(alone_grads) > 0
+    assert all(torch.equal(a, b) for a, b in zip(shared_grads, alone_grads))
+    assert core._given_base is None  # nothing is kept once the loss returns
+
+
+def test_loss_does_not_share_with_an_anchored_guider_over_another_network():
+    _, _, for_loss, _ = build("anchored", False)
+    other = TensorDictModule(torch.nn.Linear(OBS, ACTIONS), [OBS_KEY], [("agents", "logits")])
+    learner = ProbabilisticTensorDictSequential(
+        other, ProbabilisticTensorDictModule(in_keys={"logits": ("agents", "logits")}, out_keys=[("agents", "action")],
+                                             distribution_class=MaskedCategorical),
+    )
+    assert guided_loss(for_loss, learner)._anchored_cores == ()
+
+
+def guided_loss(guider, learner):
+    """The guider and learner halves of MAGPO in one loss (no critic: the batch holds the advantage)."""
+    loss = _BothSides(guider, learner, options=LossOptions(delta=1.5, aux_coef=1.0))
+    loss.set_keys(action=("agents", "action"), sample_log_prob=("agents", "log_prob"), advantage=("agents", "advantage"))
+    return loss
+
+
+class _BothSides(GuiderClipLoss):
+    _losses = ("loss_guider", "loss_learner", "loss_entropy")
+    _diagnostics = GuiderClipLoss._diagnostics + LearnerKLPPOLoss._diagnostics
 
 
 # ---------------------------------------------------------------- memory over the episode
