@@ -138,7 +138,7 @@ def main() -> None:
                 (f"MAGPO {guider}{' (default)' * (guider == 'anchored')}",
                  [f"algorithm={magpo}", f"algorithm.guider={guider}", "algorithm.guider_memory=none"])
                 for guider in GUIDERS
-            ] + [("MAGPO transformer + memory", [f"algorithm={magpo}", "algorithm.guider_memory=gru"])]
+            ] + [("MAGPO transformer + memory", [f"algorithm={magpo}", "algorithm.guider=transformer", "algorithm.guider_memory=gru"])]
             for name, algorithm in algorithms:
                 cell = run([*algorithm, *overrides, *budget], Path(scratch) / f"run{len(rows)}", args.threads)
                 cell["frames_per_s"] = frames / cell["iteration"]
