@@ -14,15 +14,29 @@ marl-eval itself pins pandas 1.4, which Python 3.11 cannot install):
   Fig. 3), with its stratified bootstrap CI;
 * sample efficiency: the normalised IQM at every evaluation point, with CIs (a PNG).
 
-Input: a csv with columns ``task, algorithm, seed, frames, eval_return`` (what
-``magpo_vs_mappo.py`` writes); every algorithm needs the same seeds and evaluation points on a
-task. Writes ``<stem>_protocol.md`` and ``<stem>_protocol.png`` beside it (or to ``--out``).
+Input, either:
+
+* a csv with columns ``task, algorithm, seed, frames, eval_return`` (what ``magpo_vs_mappo.py``
+  writes), or
+* a folder holding BenchMARL's marl-eval json files (runs with ``experiment.create_json=true``,
+  e.g. a ``benchmarl run -m ...`` multirun folder), merged with BenchMARL's own
+  ``load_and_merge_json_dicts``; the return of an evaluation is the mean of its episodes'
+  ``return`` (the mean over agent groups, BenchMARL's definition). Other json files there
+  (``benchmarl evaluate``'s records, wandb's) are skipped.
+
+Every algorithm needs the same seeds and evaluation points on a task. Writes
+``<stem>_protocol.md`` and ``<stem>_protocol.png`` beside the csv or in the folder (or to
+``--out``).
+
+    python benchmarks/protocol.py multirun/2026-11-22/10-00-00 --candidate magpo
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import os
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -53,25 +67,78 @@ def interval(values, reps: int = 20_000, seed: int = 0) -> tuple[float, float, f
     return float(estimate["x"][0]), float(bounds["x"][0, 0]), float(bounds["x"][1, 0])
 
 
-def read_curves(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """``curves[task][algorithm]``: returns ``[seeds, evaluations]``; ``frames[task]``: the
-    evaluation points. Refuses ragged tables (a missing seed or evaluation)."""
-    rows: dict[tuple[str, str], dict[int, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
-    with path.open() as f:
-        for row in csv.DictReader(f):
-            rows[row["task"], row["algorithm"]][int(row["seed"])][float(row["frames"])] = float(row["eval_return"])
+def _as_arrays(rows, source: Path):
+    """``rows[(task, algorithm)][seed][frames] = return`` as ``(curves, frames)`` (see
+    :func:`read_curves`); refuses ragged tables."""
     curves: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     frames: dict[str, np.ndarray] = {}
     for (task, algorithm), seeds in sorted(rows.items()):
         points = sorted(next(iter(seeds.values())))
         if any(sorted(s) != points for s in seeds.values()) or (task in frames and list(frames[task]) != points):
-            raise ValueError(f"{path}: {task} {algorithm}: every seed and algorithm of a task needs the same evaluation points")
+            raise ValueError(f"{source}: {task} {algorithm}: every seed and algorithm of a task needs the same evaluation points")
         frames[task] = np.array(points)
         curves[task][algorithm] = np.array([[seeds[s][p] for p in points] for s in sorted(seeds)])
     for task, by_algorithm in curves.items():
         if len({a.shape for a in by_algorithm.values()}) != 1:
-            raise ValueError(f"{path}: {task}: every algorithm needs the same number of seeds")
+            raise ValueError(f"{source}: {task}: every algorithm needs the same number of seeds")
+    if not curves:
+        raise ValueError(f"{source}: no evaluation curves")
     return dict(curves), frames
+
+
+def read_curves(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """``curves[task][algorithm]``: returns ``[seeds, evaluations]``; ``frames[task]``: the
+    evaluation points, from the csv at ``path`` or BenchMARL's json files under the folder
+    ``path``. Refuses ragged tables (a missing seed or evaluation)."""
+    if path.is_dir():
+        return read_benchmarl_json(path)
+    rows: dict[tuple[str, str], dict[int, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            rows[row["task"], row["algorithm"]][int(row["seed"])][float(row["frames"])] = float(row["eval_return"])
+    return _as_arrays(rows, path)
+
+
+def _is_marl_eval_record(data) -> bool:
+    """``{environment: {task: {algorithm: {"seed_<n>": {"step_<k>": {...}}}}}}``, BenchMARL's
+    JsonWriter layout."""
+    try:
+        runs = [run for tasks in data.values() for algorithms in tasks.values() for seeds in algorithms.values()
+                for name, run in seeds.items() if name.startswith("seed_")]
+    except AttributeError:
+        return False
+    return bool(runs) and all(isinstance(run, dict) and "absolute_metrics" in run for run in runs)
+
+
+def read_benchmarl_json(folder: Path):
+    """:func:`read_curves` of the marl-eval json files that BenchMARL writes under ``folder``
+    (any depth); tasks are named ``<environment>/<task>``."""
+    from benchmarl.eval_results import load_and_merge_json_dicts
+
+    files = []
+    for directory, _, names in os.walk(folder):
+        for name in sorted(names):
+            if name.endswith(".json") and "wandb" not in name:
+                path = Path(directory) / name
+                try:
+                    if _is_marl_eval_record(json.loads(path.read_text())):
+                        files.append(str(path))
+                except (OSError, ValueError):
+                    continue
+    if not files:
+        raise ValueError(f"{folder}: no BenchMARL json files (run with experiment.create_json=true)")
+    merged = load_and_merge_json_dicts(sorted(files))
+    rows: dict[tuple[str, str], dict[int, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
+    for environment, tasks in merged.items():
+        for task, algorithms in tasks.items():
+            for algorithm, seeds in algorithms.items():
+                for seed_name, run in seeds.items():
+                    for step, metrics in run.items():
+                        if step.startswith("step_"):
+                            returns = metrics["return"]
+                            rows[f"{environment}/{task}", algorithm][int(seed_name.removeprefix("seed_"))][
+                                float(metrics["step_count"])] = float(np.mean(returns))
+    return _as_arrays(rows, folder)
 
 
 def normalised(curves: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -90,7 +157,8 @@ def normalised(curves: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray
 
 
 def report(path: Path, candidate: str, out: Path | None = None, reps: int = 20_000) -> Path:
-    """Write the protocol's tables and sample-efficiency plot for the curves at ``path``."""
+    """Write the protocol's tables and sample-efficiency plot for the curves at ``path`` (a csv,
+    or a folder of BenchMARL json files)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,8 +176,10 @@ def report(path: Path, candidate: str, out: Path | None = None, reps: int = 20_0
     from runs_common import provenance
 
     lines = [f"# Evaluation protocol: {path.name}", "",
-             f"Analysis: {provenance()} The runs' own date, machine and commit are in the report that wrote "
-             f"`{path.name}`.", "",
+             f"Analysis: {provenance()} " + (
+                 "Input: BenchMARL's json files under this folder; each run's configuration is in its own folder."
+                 if path.is_dir() else f"The runs' own date, machine and commit are in the report that wrote `{path.name}`."),
+             "",
              f"rliable, {reps:,} bootstrap resamples, {CONFIDENCE:.0%} percentile intervals; "
              f"{scores[candidate].shape[0]} seeds per algorithm and task.", "",
              "## Per task: final evaluation return, mean [95% CI]", "",
@@ -165,9 +235,9 @@ def report(path: Path, candidate: str, out: Path | None = None, reps: int = 20_0
     axis.set_ylabel("IQM normalised return")
     axis.set_title(f"{len(tasks)} tasks, {scores[candidate].shape[0]} seeds")
     axis.legend()
-    out = out or path.parent
+    out = out or (path if path.is_dir() else path.parent)
     out.mkdir(parents=True, exist_ok=True)
-    stem = path.stem.removesuffix("_curves")
+    stem = path.name if path.is_dir() else path.stem.removesuffix("_curves")
     figure.tight_layout()
     figure.savefig(out / f"{stem}_protocol.png", dpi=120)
     plt.close(figure)
@@ -179,15 +249,16 @@ def report(path: Path, candidate: str, out: Path | None = None, reps: int = 20_0
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("curves", type=Path, help="csv with task, algorithm, seed, frames, eval_return")
+    parser.add_argument("curves", type=Path, help="csv with task, algorithm, seed, frames, eval_return, or a folder "
+                        "of BenchMARL json files")
     parser.add_argument("--candidate", required=True, help="the algorithm whose probability of improvement is reported")
     parser.add_argument("--out", type=Path, help="folder for the report (default: beside the csv)")
     parser.add_argument("--reps", type=int, default=20_000, help="bootstrap resamples (>= 1000)")
     args = parser.parse_args(argv)
     if args.reps < 1000:
         parser.error(f"--reps must be >= 1000, got {args.reps}")
-    if not args.curves.is_file():
-        parser.error(f"{args.curves}: no such file")
+    if not args.curves.exists():
+        parser.error(f"{args.curves}: no such file or folder")
     print(report(args.curves, args.candidate, args.out, args.reps).read_text())
 
 

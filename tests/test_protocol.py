@@ -50,3 +50,47 @@ def test_ragged_tables_are_refused(tmp_path):
     returns = {("a", "x"): [[0.0, 1.0, 2.0]] * 3, ("a", "y"): [[0.0, 1.0, 2.0]] * 2}
     with pytest.raises(ValueError, match="same number of seeds"):
         protocol.read_curves(write_curves(tmp_path / "ragged_curves.csv", returns))
+
+
+def write_benchmarl_json(folder: Path, returns: dict[tuple[str, str], list[list[float]]]) -> None:
+    """Each run's json written by BenchMARL's own JsonWriter, one folder per run, evaluation
+    episodes scattered around the wanted mean."""
+    from benchmarl.experiment.logger import JsonWriter
+    import torch
+
+    for (task, algorithm), seeds in returns.items():
+        environment, task_name = task.split("/")
+        for seed, curve in enumerate(seeds):
+            run = folder / f"{algorithm}_{task_name}_{seed}"
+            run.mkdir(parents=True)
+            writer = JsonWriter(str(run), f"{algorithm}.json", algorithm, task_name, environment, seed)
+            for step, (frames, value) in enumerate(zip(FRAMES, curve)):
+                episodes = torch.tensor([value - 1.0, value, value + 1.0])
+                writer.write(frames, {"agents_return": episodes, "return": episodes}, step)
+    (folder / "evaluations").mkdir()  # what `benchmarl evaluate` writes: not a marl-eval record
+    (folder / "evaluations" / "checkpoint_3000.json").write_text('{"learner": {"return": 1.0}}')
+
+
+def test_benchmarl_json_folders_give_the_same_curves_as_the_csv(tmp_path):
+    pytest.importorskip("benchmarl")
+    rng = np.random.default_rng(1)
+    returns = {(task, algorithm): [list(rng.random(3)) for _ in range(3)]
+               for task in ("vmas/balance", "vmas/navigation") for algorithm in ("magpo", "mappo")}
+    write_benchmarl_json(tmp_path / "multirun", returns)
+    from_json, frames_json = protocol.read_curves(tmp_path / "multirun")
+    from_csv, frames_csv = protocol.read_curves(write_curves(tmp_path / "same_curves.csv", returns))
+    assert sorted(from_json) == ["vmas/balance", "vmas/navigation"]
+    for task in from_csv:
+        assert list(frames_json[task]) == list(frames_csv[task]) == FRAMES
+        for algorithm in from_csv[task]:
+            np.testing.assert_allclose(from_json[task][algorithm], from_csv[task][algorithm], rtol=1e-6)
+    report = protocol.report(tmp_path / "multirun", "magpo", reps=1000)
+    assert report == tmp_path / "multirun" / "multirun_protocol.md"
+    assert "| vmas/balance |" in report.read_text()
+
+
+def test_a_folder_without_benchmarl_json_is_refused(tmp_path):
+    (tmp_path / "evaluations").mkdir()
+    (tmp_path / "evaluations" / "checkpoint.json").write_text('{"learner": 1}')
+    with pytest.raises(ValueError, match="no BenchMARL json files"):
+        protocol.read_curves(tmp_path)

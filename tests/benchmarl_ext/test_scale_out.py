@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -28,12 +30,21 @@ TINY = [
 def test_joblib_multirun_runs_two_jobs_in_parallel_processes(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the launchers extra (part of the test extra) is missing")
     cli.main(["run", "-m", "hydra/launcher=magpo_local", "hydra.launcher.n_jobs=2", "algorithm=magpo,mappo", *TINY,
-              f"hydra.sweep.dir={tmp_path}"])
+              "experiment.create_json=true", f"hydra.sweep.dir={tmp_path}"])
     folders = sorted(p for job in ("0", "1") for p in (tmp_path / job).iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [f.name.split("_")[0] for f in folders] == ["magpo", "mappo"]
     for folder in folders:
         values = read_scalar(folder, "eval_reward_episode_reward_mean")
         assert len(values) == 2 and all(math.isfinite(v) for v in values.values())
+    # the multirun's BenchMARL json files are what the evaluation protocol reads; MAGPO's are its learner's
+    if importlib.util.find_spec("rliable") is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+        import protocol
+
+        curves, frames = protocol.read_curves(tmp_path)
+        assert sorted(curves["vmas/balance"]) == ["magpo", "mappo"] and len(frames["vmas/balance"]) == 2
+        learner = read_scalar(folders[0], "eval_reward_episode_reward_mean")
+        assert curves["vmas/balance"]["magpo"][0] == pytest.approx([learner[k] for k in sorted(learner)], rel=1e-5)
 
 
 @pytest.mark.parametrize("launcher, module", [("magpo_local", "hydra_joblib_launcher"),
