@@ -1,6 +1,6 @@
 """Training throughput of MAPPO and every MAGPO guider, one run after another.
 
-    python benchmarks/throughput.py                       # ~15 min on 2 cores; nothing else may run
+    python benchmarks/throughput.py --repeats 2           # ~30 min on 2 cores; nothing else may run
     python benchmarks/throughput.py --iterations 4 --tasks coordsum --profile
 
 Each run is ``benchmarl run`` in a fresh process (so start-up and peak memory are its own), with
@@ -11,12 +11,14 @@ evaluation and checkpoints off, one after the other. Tasks:
   guider without memory, and the transformer with its memory over the episode as the preset has it);
 * ``balance``: vmas/balance with the ``cpu`` preset (3,000 frames, 4 epochs x 2 minibatches).
 
-Reported per run: median collection, training and total seconds per iteration (iterations after
-the first), frames/s, the ratio of total time to MAPPO's on the same task, start-up seconds
-(process start to the first iteration) and peak resident memory. ``--profile`` adds a cProfile
-of MAGPO's training (BenchMARL's optimizer loop only) on CoordSum with the default (anchored)
-guider, top entries by own time. Writes
-``throughput.md`` (and ``throughput_profile.txt``) to ``--out`` with date, machine, versions,
+Reported per algorithm: median collection, training and total seconds per iteration (iterations
+after the first), frames/s, the ratio of total time to MAPPO's on the same task, start-up seconds
+(process start to the first iteration) and peak resident memory. ``--repeats R`` runs every
+algorithm R times in rotated order and reports medians over the runs, the ratio taken within each
+repeat: on a shared 2-core machine one run's timing drifts by tens of percent. ``--profile``
+adds a cProfile of MAGPO's training (BenchMARL's optimizer loop only) on CoordSum with the
+default (anchored) guider, top entries by own time. Writes ``throughput.md`` (and
+``throughput_profile.txt``) to ``--out`` with date, machine, versions,
 commit and thread count.
 """
 
@@ -120,12 +122,13 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=6, help="iterations per run, >= 2 (the first is not counted)")
     parser.add_argument("--tasks", default="coordsum,balance", help=f"comma-separated, from {list(TASKS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (the command's default: 1)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of every algorithm, >= 1, in rotated order")
     parser.add_argument("--profile", action="store_true", help="also profile MAGPO training on CoordSum")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     tasks = args.tasks.split(",")
-    if args.iterations < 2 or args.threads < 1 or any(t not in TASKS for t in tasks):
-        parser.error(f"--iterations >= 2, --threads >= 1, --tasks from {list(TASKS)}")
+    if args.iterations < 2 or args.threads < 1 or args.repeats < 1 or any(t not in TASKS for t in tasks):
+        parser.error(f"--iterations >= 2, --threads >= 1, --repeats >= 1, --tasks from {list(TASKS)}")
 
     load = os.getloadavg()[0]
     rows = []
@@ -138,19 +141,32 @@ def main() -> None:
                 (f"MAGPO {guider}{' (default)' * (guider == 'anchored')}",
                  [f"algorithm={magpo}", f"algorithm.guider={guider}", "algorithm.guider_memory=none"])
                 for guider in GUIDERS
-            ] + [("MAGPO transformer + memory", [f"algorithm={magpo}", "algorithm.guider=transformer", "algorithm.guider_memory=gru"])]
-            for name, algorithm in algorithms:
-                cell = run([*algorithm, *overrides, *budget], Path(scratch) / f"run{len(rows)}", args.threads)
+            ] + [("MAGPO transformer + memory",
+                  [f"algorithm={magpo}", "algorithm.guider=transformer", "algorithm.guider_memory=gru"])]
+            cells: dict[str, list[dict]] = {name: [] for name, _ in algorithms}
+            for repeat in range(args.repeats):  # the order rotated, so that drift hits every algorithm alike
+                shift = repeat % len(algorithms)
+                for index, (name, algorithm) in enumerate(algorithms[shift:] + algorithms[:shift]):
+                    cell = run([*algorithm, *overrides, *budget], Path(scratch) / f"{task}_{repeat}_{index}", args.threads)
+                    cells[name].append(cell)
+                    print(task, name, repeat, {k: round(v, 3) for k, v in cell.items()}, flush=True)
+            for name, _ in algorithms:
+                # per repeat, the ratio to MAPPO's run of the same repeat; medians over repeats
+                ratios = [c["iteration"] / m["iteration"] for c, m in zip(cells[name], cells["MAPPO"])]
+                cell = {key: statistics.median(c[key] for c in cells[name]) for key in cells[name][0]}
+                cell["ratio"] = statistics.median(ratios)
+                cell["ratios"] = ratios
                 cell["frames_per_s"] = frames / cell["iteration"]
                 rows.append((task, name, cell))
-                print(task, name, {k: round(v, 3) for k, v in cell.items()}, flush=True)
 
     lines = [
         "# Training throughput: MAPPO and MAGPO, seconds per iteration",
         "",
         provenance(),
         f"{args.threads} torch thread(s) per run; load average before the first run {load:.2f} (1 min). "
-        f"Median of iterations 2..{args.iterations}; evaluation and checkpoints off. coordsum: CoordSum-3x10, "
+        f"Median of iterations 2..{args.iterations} of each run; {args.repeats} run(s) per algorithm, in rotated "
+        "order, and the median over them (total vs MAPPO: the median over repeats of the ratio to MAPPO's run of the "
+        "same repeat; each repeat's ratio in parentheses). Evaluation and checkpoints off. coordsum: CoordSum-3x10, "
         "8,192 frames per iteration, 10 epochs x 8 minibatches (the authors' tuned settings), MAGPO "
         "`magpo_coordsum_3x10`. balance: vmas/balance, `experiment=cpu` (3,000 frames, 4 x 2), MAGPO `magpo`.",
         "",
@@ -158,11 +174,10 @@ def main() -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for task, name, cell in rows:
-        mappo = next(c for t, n, c in rows if t == task and n == "MAPPO")
+        each = f" ({', '.join(f'{r:.2f}' for r in cell['ratios'])})" if args.repeats > 1 else ""
         lines.append(
             f"| {task} | {name} | {cell['collection']:.2f} | {cell['training']:.2f} | {cell['iteration']:.2f} | "
-            f"{cell['frames_per_s']:,.0f} | {cell['iteration'] / mappo['iteration']:.2f}x | {cell['startup']:.1f} | "
-            f"{cell['peak_mb']:,.0f} |"
+            f"{cell['frames_per_s']:,.0f} | {cell['ratio']:.2f}x{each} | {cell['startup']:.1f} | {cell['peak_mb']:,.0f} |"
         )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "throughput.md").write_text("\n".join(lines) + "\n")
