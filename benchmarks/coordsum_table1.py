@@ -2,11 +2,14 @@
 
     python benchmarks/coordsum_table1.py --jobs 2              # 2-core CPU budget (~1.5 h)
     python benchmarks/coordsum_table1.py --frames 20000000 --ablation-frames 2000000 \\
-        experiment.sampling_device=cuda experiment.train_device=cuda   # the paper's budget, on a GPU
+        --launcher magpo_slurm --launcher-option partition=gpu \\
+        experiment.sampling_device=cuda experiment.train_device=cuda   # the paper's budget, SLURM GPUs
 
-Every run is one ``benchmarl run ... experiment=coordsum`` in its own process, with the authors'
-tuned values for the method and task (``algorithm=<method>_coordsum_<task>``: their epochs,
-minibatches, learning rate, clip and entropy; for MAGPO also delta, lambda, the guider's size and
+Every run is one ``benchmarl run ... experiment=coordsum``, launched through Hydra
+(``runs_common.run_many``: ``hydra/sweeper=magpo_runs`` with the ``--launcher`` preset, or
+``magpo_local`` with ``--jobs`` runs at once), with the authors' tuned values for the method and
+task (``algorithm=<method>_coordsum_<task>``: their epochs, minibatches, learning rate, clip and
+entropy; for MAGPO also delta, lambda, the guider's size and
 memory; CTDS is that MAGPO recipe with delta = inf and aux_coef = 0). The number reported for every
 method is the decentralized policy's evaluation return (for MAGPO and CTDS: the learner), the
 mean over the final evaluation's episodes, then mean and 95% CI over seeds.
@@ -25,12 +28,11 @@ import datetime
 import os
 import platform
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from protocol import interval, report
-from runs_common import benchmarl_run, finished_run
+from runs_common import finished_run, run_many
 
 from benchmarl_ext.plots import frames_of, read_scalar
 from magpo.envs.coordsum import GROUP, TASKS, CoordSumEnv
@@ -75,7 +77,10 @@ def main(argv=None) -> None:
     parser.add_argument("--ablation-seeds", type=int, default=2)
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: write the table and plots from the runs already finished in --out")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores / jobs torch threads)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (hydra/launcher=magpo_local)")
+    parser.add_argument("--launcher", help="a Hydra launcher preset for the runs (magpo_local, magpo_slurm, magpo_ray)")
+    parser.add_argument("--launcher-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="hydra.launcher.KEY=VALUE for --launcher, repeatable (e.g. partition=gpu)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/coordsum"))
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (devices, ...)")
     args = parser.parse_args(argv)
@@ -115,23 +120,17 @@ def main(argv=None) -> None:
                 name = f"ablation_{label.replace(' ', '').replace(',', '_').replace('=', '')}_seed{seed}"
                 runs.append(("ablation", "5x20", label, seed, name, overrides))
 
-    def execute(run) -> dict | None:
-        group, task, method, seed, name, overrides = run
-        if args.report_only:
-            folder = finished_run(runs_dir / name)
-            if folder is None:
-                return None
-        else:
-            folder = benchmarl_run(name, overrides, runs_dir, threads=threads, reuse=True)
-        return {"group": group, "task": task, "method": method, "seed": seed, "final_return": final_return(folder),
-                "run_s": round(read_scalar(folder, "timers_total_time")[max(frames_of(folder))], 1), "folder": str(folder)}
-
-    # one torch thread per run when several run at once: these small networks gain little from
-    # intra-op threads, so parallel runs finish the set sooner than threaded ones in sequence
-    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        rows = [row for row in pool.map(execute, runs) if row is not None]
+    if args.report_only:
+        folders = [finished_run(runs_dir / name) for *_, name, _ in runs]
+    else:
+        folders = run_many([(name, overrides) for *_, name, overrides in runs], runs_dir, args.jobs, args.launcher,
+                           tuple(args.launcher_option))
+    rows = [
+        {"group": group, "task": task, "method": method, "seed": seed, "final_return": final_return(folder),
+         "run_s": round(read_scalar(folder, "timers_total_time")[max(frames_of(folder))], 1), "folder": str(folder)}
+        for (group, task, method, seed, _, _), folder in zip(runs, folders) if folder is not None
+    ]
     if not rows:
         raise SystemExit(f"no finished runs in {runs_dir}")
     elapsed = time.perf_counter() - start
@@ -190,7 +189,9 @@ def main(argv=None) -> None:
     import benchmarl
     import torchrl
 
-    command = " ".join(["python benchmarks/coordsum_table1.py", f"--jobs {args.jobs}", f"--frames {args.frames}", f"--seeds {args.seeds}",
+    launch = [f"--launcher {args.launcher}", *(f"--launcher-option {o}" for o in args.launcher_option)] if args.launcher else []
+    command = " ".join(["python benchmarks/coordsum_table1.py", f"--jobs {args.jobs}", *launch, f"--frames {args.frames}",
+                        f"--seeds {args.seeds}",
                         f"--tasks {args.tasks}", f"--ablation-frames {args.ablation_frames}",
                         f"--ablation-seeds {args.ablation_seeds}", *args.overrides])
     lines = [
@@ -200,7 +201,8 @@ def main(argv=None) -> None:
         f"torch {torch.__version__}, torchrl {torchrl.__version__}, benchmarl {benchmarl.__version__}. Command: `{command}`. "
         f"{len(rows)} runs; their training loops took {sum(r['run_s'] for r in rows) / 60:.0f} min in all"
         + (" (this table was written from the finished runs with --report-only)." if args.report_only else
-           f", and this invocation ({args.jobs} runs at a time, reusing runs already finished in `--out`) "
+           f", and this invocation ({args.launcher or str(args.jobs) + ' runs at a time'}, reusing runs already finished "
+           "in `--out`) "
            f"{elapsed / 60:.0f} min."),
         "",
         f"Evaluation return of the decentralized policy after {args.frames:,} frames per run (mean [95% percentile bootstrap CI] over "

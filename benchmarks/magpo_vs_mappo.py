@@ -4,8 +4,10 @@ per-iteration cost and the guider's diagnostics.
     python benchmarks/magpo_vs_mappo.py --seeds 5 --jobs 2      # balance, give_way, navigation
     python benchmarks/magpo_vs_mappo.py --seeds 3 --tasks vmas/balance --magpo magpo,magpo_residual
 
-Each (task, seed, algorithm) is one ``benchmarl run ... experiment=cpu`` in its own process, the
-algorithms' order rotated from seed to seed so that machine drift hits all alike. Runs already
+Each (task, seed, algorithm) is one ``benchmarl run ... experiment=cpu``, launched through Hydra
+(``runs_common.run_many``: ``--launcher`` a preset such as ``magpo_slurm``, or ``magpo_local``
+with ``--jobs`` runs at once), the algorithms' order rotated from seed to seed so that machine
+drift hits all alike. Runs already
 finished under ``--out/runs`` are reused, so an interrupted set resumes and a new preset adds
 only its own runs. ``--magpo`` names the MAGPO presets (``conf/algorithm/*.yaml``) to run beside
 MAPPO; an entry may add overrides of its own after ``+``, e.g.
@@ -118,7 +120,10 @@ def main(argv=None) -> None:
     parser.add_argument("--experiment", default="cpu")
     parser.add_argument("--magpo", default="magpo,magpo_transformer",
                         help="comma-separated MAGPO algorithm presets, each optionally followed by +override+...")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (one torch thread each when > 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (hydra/launcher=magpo_local)")
+    parser.add_argument("--launcher", help="a Hydra launcher preset for the runs (magpo_local, magpo_slurm, magpo_ray)")
+    parser.add_argument("--launcher-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="hydra.launcher.KEY=VALUE for --launcher, repeatable")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args(argv)
@@ -147,7 +152,8 @@ def main(argv=None) -> None:
                 runs.append((name, overrides + args.overrides))
                 keys.append((task, algorithm))
     folders: dict[str, dict[str, list[Path]]] = {t: {a: [] for a in algorithms} for t in tasks}
-    for (task, algorithm), folder in zip(keys, run_many(runs, args.out / "runs", args.jobs)):
+    launched = run_many(runs, args.out / "runs", args.jobs, args.launcher, tuple(args.launcher_option))
+    for (task, algorithm), folder in zip(keys, launched):
         folders[task][algorithm].append(folder)
 
     with (args.out / "magpo_vs_mappo_curves.csv").open("w", newline="") as f:

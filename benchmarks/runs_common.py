@@ -1,26 +1,23 @@
-"""What the benchmark scripts share: running one `benchmarl run` in its own process, and the
-provenance line of a results file (statistics: protocol.py, through rliable)."""
+"""What the benchmark scripts share: running sets of `benchmarl run`s through a Hydra launcher
+(one run in its own process for timings), and the provenance line of a results file (statistics:
+protocol.py, through rliable)."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-def benchmarl_run(name: str, overrides: list[str], runs_dir: Path, threads: int | None = None, reuse: bool = False) -> Path:
-    """``benchmarl run OVERRIDES`` in a fresh process, logged to ``runs_dir/<name>.log``;
-    returns the experiment folder. ``threads`` caps the run's torch threads; with ``reuse`` a run
-    that already finished there (it saved its learning curve) is not run again, and an
-    unfinished one is started afresh."""
+def benchmarl_run(name: str, overrides: list[str], runs_dir: Path, threads: int | None = None) -> Path:
+    """``benchmarl run OVERRIDES`` in a fresh process of its own (for timings), logged to
+    ``runs_dir/<name>.log``; returns the experiment folder. ``threads`` caps the run's torch
+    threads."""
     run_dir = runs_dir / name
-    if reuse and (finished := finished_run(run_dir)) is not None:
-        print(f"{name}: reusing {finished}", flush=True)
-        return finished
     shutil.rmtree(run_dir, ignore_errors=True)
     # the console script, not `python -m`: -m would put the working directory first on sys.path,
     # and from a checkout that shadows an installed (non-editable) package, whose conf/ lives elsewhere
@@ -45,14 +42,40 @@ def finished_run(run_dir: Path) -> Path | None:
     return finished[0] if len(finished) == 1 else None
 
 
-def run_many(runs: list[tuple[str, list[str]]], runs_dir: Path, jobs: int) -> list[Path]:
-    """``(name, overrides)`` runs, ``jobs`` at a time, reusing those already finished in
-    ``runs_dir``; returns their experiment folders in the same order. With several jobs each
-    run gets cores / jobs torch threads: these small networks gain little from intra-op
-    threads, so parallel runs finish a set sooner than threaded ones in sequence."""
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(lambda run: benchmarl_run(*run, runs_dir, threads=threads, reuse=True), runs))
+def run_many(runs: list[tuple[str, list[str]]], runs_dir: Path, jobs: int = 1, launcher: str | None = None,
+             launcher_options: tuple[str, ...] = ()) -> list[Path]:
+    """``(name, overrides)`` runs through Hydra; returns their experiment folders in order.
+
+    Runs already finished under ``runs_dir`` are reused; the others (an unfinished one is started
+    afresh) go in one ``benchmarl run -m hydra/sweeper=magpo_runs`` to the launcher ``launcher``
+    (``conf/hydra/launcher``, e.g. ``magpo_slurm``, with ``launcher_options`` as
+    ``hydra.launcher.<key>=<value>``). Without one: ``magpo_local`` with ``jobs`` runs at once
+    (each its own process with one torch thread: these small networks gain little from intra-op
+    threads, so parallel runs finish a set sooner than threaded ones in sequence), or Hydra's
+    basic launcher, one after another in one process, for ``jobs=1``. The launch's output goes
+    to ``runs_dir/multirun.log``."""
+    todo = [(name, overrides) for name, overrides in runs if finished_run(runs_dir / name) is None]
+    for name, _ in runs:
+        print(f"{name}: {'to run' if (name, _) in todo else 'reusing ' + str(finished_run(runs_dir / name))}", flush=True)
+    if todo:
+        for name, _ in todo:
+            shutil.rmtree(runs_dir / name, ignore_errors=True)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        runs_file = runs_dir / "runs.json"
+        runs_file.write_text(json.dumps([{"name": n, "overrides": o} for n, o in todo], indent=1))
+        if launcher is None and jobs > 1:
+            launcher, launcher_options = "magpo_local", (f"n_jobs={jobs}", *launcher_options)
+        chosen = [f"hydra/launcher={launcher}", *(f"hydra.launcher.{o}" for o in launcher_options)] if launcher else []
+        command = [str(Path(sys.executable).with_name("benchmarl")), "run", "-m", "hydra/sweeper=magpo_runs",
+                   f"hydra.sweeper.runs_file={runs_file.resolve()}", *chosen, f"hydra.sweep.dir={runs_dir.resolve()}"]
+        print(f"{len(todo)} runs: {' '.join(command[1:])} (log: {runs_dir / 'multirun.log'})", flush=True)
+        with (runs_dir / "multirun.log").open("w") as log:
+            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)  # what failed is named below
+    folders = [finished_run(runs_dir / name) for name, _ in runs]
+    missing = [name for (name, _), folder in zip(runs, folders) if folder is None]
+    if missing:
+        raise RuntimeError(f"{len(missing)} runs did not finish: {', '.join(missing)} (see {runs_dir / 'multirun.log'})")
+    return folders
 
 
 def provenance() -> str:

@@ -11,6 +11,8 @@ import types
 from benchmarl.algorithms import algorithm_config_registry
 from benchmarl.environments import task_config_registry
 from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra_plugins.magpo_runs_sweeper import RunListSweeper
 from omegaconf import OmegaConf
 
 from benchmarl_ext.algorithm import CtdsConfig, MagpoConfig
@@ -39,6 +41,9 @@ def register() -> None:
     """Idempotent; called by the ``benchmarl`` command, and by Python code before it composes a
     configuration that names ``magpo``, ``ctds``, ``mat`` or a ``coordsum``, ``rware`` or ``lbf`` task."""
     OmegaConf.register_new_resolver("frames_per_minibatch", frames_per_minibatch, replace=True)
+    # hydra/sweeper=magpo_runs. Hydra finds plugins by listing hydra_plugins' folders, which an
+    # editable install (pip install -e) does not expose; registering the class works for both.
+    Plugins.instance().register(RunListSweeper)
     store = ConfigStore.instance()
     for name, config in ALGORITHMS.items():
         algorithm_config_registry[name] = config

@@ -90,3 +90,45 @@ def test_tensorboard_logs_magpo_keys(tmp_path):
                 "train_agents_guider_clip_fraction"):  # TorchRL's logger writes train/agents/x as train_agents_x
         assert tag in tags, (tag, sorted(tags))
         assert len(accumulator.Scalars(tag)) == 2
+
+
+def test_benchmark_runs_go_through_a_launcher_and_finished_ones_are_reused(tmp_path, monkeypatch):
+    """benchmarks/runs_common.run_many: a list of runs, each with its own overrides, through
+    hydra/sweeper=magpo_runs and the joblib launcher; a second call launches nothing."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the launchers extra (part of the test extra) is missing")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import runs_common
+
+    runs = [("balance_magpo", ["algorithm=magpo", "seed=3", *TINY]), ("balance_mappo", ["algorithm=mappo", *TINY])]
+    folders = runs_common.run_many(runs, tmp_path, jobs=2)
+    assert [f.parent.name for f in folders] == ["balance_magpo", "balance_mappo"]
+    assert [f.name.split("_")[0] for f in folders] == ["magpo", "mappo"]
+    assert all((f / "learning_curve.png").exists() for f in folders)
+    assert "seed: 3" in (folders[0].parent / ".hydra" / "config.yaml").read_text()  # the run's own overrides
+    monkeypatch.setattr(runs_common.subprocess, "run", lambda *a, **k: pytest.fail("launched a finished run"))
+    assert runs_common.run_many(runs, tmp_path, jobs=2) == folders
+
+
+def test_a_failed_benchmark_run_is_named(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import runs_common
+
+    with pytest.raises(RuntimeError, match=r"1 runs did not finish: bad_delta"):
+        runs_common.run_many([("bad_delta", ["algorithm=magpo", "algorithm.delta=0.5", *TINY])], tmp_path)
+    assert "algorithm.delta" in (tmp_path / "multirun.log").read_text()
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not a readable json file"),
+    ("[]", "non-empty list"),
+    ('[{"name": "a b", "overrides": []}]', "every run must be"),
+    ('[{"name": "a", "overrides": ["x=1"]}, {"name": "a", "overrides": []}]', "appears twice"),
+])
+def test_a_bad_runs_file_is_refused_naming_the_field(tmp_path, content, message):
+    from hydra_plugins.magpo_runs_sweeper import read_runs
+
+    path = tmp_path / "runs.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ValueError, match=r"^hydra\.sweeper\.runs_file=.*" + message):
+        read_runs(path)
