@@ -33,6 +33,8 @@ PLUGINS = {
     },
     "hydra/sweeper": dict.fromkeys(("magpo_optuna", "optuna"), ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper", "sweep")),
 }
+# BenchMARL environments behind optional packages: task prefix -> (module, extra)
+ENVIRONMENT_PACKAGES = {"pettingzoo": ("pettingzoo", "mpe")}
 USAGE = """usage: benchmarl run [-m] OVERRIDE...        e.g. benchmarl run algorithm=magpo task=vmas/balance experiment=cpu
        benchmarl resume CHECKPOINT.pt
        benchmarl evaluate CHECKPOINT.pt"""
@@ -73,8 +75,9 @@ def report_learning_curve(experiment) -> None:
 
 def check_choices(argv: list[str]) -> None:
     """Refuse, before anything runs, what Hydra would report without the useful part: a task of
-    one of this package's suites that does not exist (naming the suite's tasks), and a launcher
-    or sweeper preset whose plugin is not installed (naming the extra to install)."""
+    one of this package's suites that does not exist (naming the suite's tasks), a task whose
+    environment package or a launcher or sweeper preset whose plugin is not installed (naming the
+    extra to install)."""
     import importlib.util
 
     from benchmarl_ext.tasks import TASK_CONFIGS, TASKS
@@ -85,6 +88,12 @@ def check_choices(argv: list[str]) -> None:
         if group == "task" and suite in TASK_CONFIGS and name not in TASKS:  # this package's suites
             valid = [task.split("/")[1] for task in TASKS if task.startswith(f"{suite}/")]
             raise SystemExit(f"task={name}: {suite} has no task {name.split('/', 1)[-1]!r}; its tasks: {', '.join(valid)}")
+        package = ENVIRONMENT_PACKAGES.get(suite) if group == "task" else None
+        if package is not None and importlib.util.find_spec(package[0]) is None:
+            raise SystemExit(
+                f"task={name} needs the {package[0]} package, which is not installed: "
+                f"pip install -c .ci/constraints.txt \".[{package[1]}]\" (from a checkout) or pip install \"magpo[{package[1]}]\""
+            )
         plugin = PLUGINS.get(group, {}).get(name)
         if plugin is not None and importlib.util.find_spec(plugin[0]) is None:
             raise SystemExit(

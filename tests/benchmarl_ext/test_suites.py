@@ -1,6 +1,6 @@
 """The paper's other suites in BenchMARL: RWARE and LBF (this package's tasks) and MPE's
-simple_spread (BenchMARL's VMAS port): MAGPO, MAPPO and MAT end to end on the smallest task of
-each, and the errors for an unknown task or a missing package. Tiny sizes."""
+simple_spread (BenchMARL's PettingZoo and VMAS ports): MAGPO, MAPPO and MAT end to end on the
+smallest task of each, and the errors for an unknown task or a missing package. Tiny sizes."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ BUDGET = ["experiment=cpu", "experiment.max_n_frames=80", "experiment.on_policy_
           "experiment.on_policy_n_minibatch_iters=1", "experiment.evaluation_interval=40",
           "experiment.evaluation_episodes=2", "model.num_cells=[16]", "critic_model.num_cells=[16]"]
 TASKS = {"rware/tiny-2ag": ["task.time_limit=10"], "lbf/8x8-2p-2f-coop": ["task.time_limit=10"],
-         "vmas/simple_spread": ["task.max_steps=10"]}
+         "vmas/simple_spread": ["task.max_steps=10"], "pettingzoo/simple_spread": ["task.N=3", "task.max_cycles=10"]}
 ALGORITHMS = {"magpo": ["algorithm.guider_embed_dim=8", "algorithm.guider_heads=2"], "mappo": [],
               "mat": ["algorithm.embed_dim=8", "algorithm.heads=2"]}
 
@@ -41,8 +41,8 @@ def test_every_task_of_the_suites_is_a_benchmarl_task():
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_smallest_task_of_each_suite_end_to_end(tmp_path, task, algorithm):
-    if task.split("/")[0] in ("rware", "lbf"):
-        pytest.importorskip({"rware": "rware", "lbf": "lbforaging"}[task.split("/")[0]])
+    if task.split("/")[0] in ("rware", "lbf", "pettingzoo"):
+        pytest.importorskip({"rware": "rware", "lbf": "lbforaging", "pettingzoo": "pettingzoo"}[task.split("/")[0]])
     run_dir = tmp_path / "run"
     cli.main(["run", f"algorithm={algorithm}", *ALGORITHMS[algorithm], f"task={task}", *TASKS[task], *BUDGET,
               f"hydra.run.dir={run_dir}"])
@@ -71,3 +71,14 @@ def test_a_missing_package_names_the_extra_before_any_environment(tmp_path, monk
         build_experiment(tmp_path, ["algorithm=magpo", "task=rware/tiny-2ag", *BUDGET])
     with pytest.raises(ValueError, match=r"^task\.time_limit"):
         build_experiment(tmp_path, ["algorithm=magpo", "task=lbf/8x8-2p-2f-coop", "task.time_limit=0", *BUDGET])
+
+
+def test_a_missing_benchmarl_environment_package_names_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pettingzoo" else find_spec(name, *a))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"^task=pettingzoo/simple_spread needs the pettingzoo package.*\[mpe\]"):
+        cli.main(["run", "algorithm=magpo", "task=pettingzoo/simple_spread", *BUDGET])
+    assert not any(tmp_path.iterdir())
