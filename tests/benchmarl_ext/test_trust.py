@@ -252,7 +252,8 @@ BAD_VALUES = [
     (["algorithm.clip_epsilon=1.5"], "algorithm.clip_epsilon"),
     (["algorithm.aux_coef=-1"], "algorithm.aux_coef"),
     (["algorithm.learner_kl=both"], "algorithm.learner_kl"),
-    (["algorithm.guider_heads=3"], "algorithm.guider_embed_dim"),
+    (["algorithm.guider=transformer", "algorithm.guider_heads=3"], "algorithm.guider_embed_dim"),
+    (["algorithm.guider_memory=gru"], "algorithm.guider_memory"),  # the default guider (anchored) has none
     (["algorithm.guider_lr=0"], "algorithm.guider_lr"),
     (["algorithm.guider_lr=-0.001"], "algorithm.guider_lr"),
     (["algorithm.delta=tight"], "algorithm.delta"),
