@@ -2,9 +2,10 @@
 
     python benchmarks/throughput.py --repeats 2           # ~30 min on 2 cores; nothing else may run
     python benchmarks/throughput.py --iterations 4 --tasks coordsum --profile
+    python benchmarks/throughput.py --threads 2 --guiders anchored --out benchmarks/results/throughput_2threads
 
 Each run is ``benchmarl run`` in a fresh process (so start-up and peak memory are its own), with
-evaluation and checkpoints off, one after the other. Tasks:
+evaluation and checkpoints off, one after the other: MAPPO, then each of ``--guiders``. Tasks:
 
 * ``coordsum``: CoordSum-3x10 with the authors' tuned settings for it (64 envs x 128 steps =
   8,192 frames per iteration, 10 epochs x 8 minibatches; MAGPO: ``magpo_coordsum_3x10``, each
@@ -44,7 +45,7 @@ TASKS = {
     "coordsum": (["task=coordsum/3x10", "experiment=coordsum", *AUTHORS_3X10], 8192, "magpo_coordsum_3x10"),
     "balance": (["task=vmas/balance", "experiment=cpu"], 3000, "magpo"),
 }
-GUIDERS = ("anchored", "transformer", "residual")  # the default first
+GUIDERS = ("anchored", "transformer", "residual", "transformer+memory")  # the default first
 
 # Runs in the child: time stamps the entry of the training loop, reports peak memory at the end.
 CHILD = """
@@ -123,12 +124,15 @@ def main() -> None:
     parser.add_argument("--tasks", default="coordsum,balance", help=f"comma-separated, from {list(TASKS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (the command's default: 1)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of every algorithm, >= 1, in rotated order")
+    parser.add_argument("--guiders", default=",".join(GUIDERS), help=f"comma-separated MAGPO guiders, from {list(GUIDERS)}")
     parser.add_argument("--profile", action="store_true", help="also profile MAGPO training on CoordSum")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
-    tasks = args.tasks.split(",")
-    if args.iterations < 2 or args.threads < 1 or args.repeats < 1 or any(t not in TASKS for t in tasks):
-        parser.error(f"--iterations >= 2, --threads >= 1, --repeats >= 1, --tasks from {list(TASKS)}")
+    tasks, guiders = args.tasks.split(","), args.guiders.split(",")
+    if (args.iterations < 2 or args.threads < 1 or args.repeats < 1 or any(t not in TASKS for t in tasks)
+            or any(g not in GUIDERS for g in guiders)):
+        parser.error(f"--iterations >= 2, --threads >= 1, --repeats >= 1, --tasks from {list(TASKS)}, "
+                     f"--guiders from {list(GUIDERS)}")
 
     load = os.getloadavg()[0]
     rows = []
@@ -138,11 +142,11 @@ def main() -> None:
             budget = [f"experiment.max_n_frames={frames * args.iterations}", "experiment.evaluation=false",
                       "experiment.checkpoint_at_end=false"]
             algorithms = [("MAPPO", ["algorithm=mappo"])] + [
-                (f"MAGPO {guider}{' (default)' * (guider == 'anchored')}",
-                 [f"algorithm={magpo}", f"algorithm.guider={guider}", "algorithm.guider_memory=none"])
-                for guider in GUIDERS
-            ] + [("MAGPO transformer + memory",
-                  [f"algorithm={magpo}", "algorithm.guider=transformer", "algorithm.guider_memory=gru"])]
+                (f"MAGPO {guider.replace('+', ' + ')}{' (default)' * (guider == 'anchored')}",
+                 [f"algorithm={magpo}", f"algorithm.guider={guider.split('+')[0]}",
+                  f"algorithm.guider_memory={'gru' if guider.endswith('+memory') else 'none'}"])
+                for guider in guiders
+            ]
             cells: dict[str, list[dict]] = {name: [] for name, _ in algorithms}
             for repeat in range(args.repeats):  # the order rotated, so that drift hits every algorithm alike
                 shift = repeat % len(algorithms)
