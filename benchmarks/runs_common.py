@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+
 def benchmarl_run(name: str, overrides: list[str], runs_dir: Path, threads: int | None = None) -> Path:
     """``benchmarl run OVERRIDES`` in a fresh process of its own (for timings), logged to
     ``runs_dir/<name>.log``; returns the experiment folder. ``threads`` caps the run's torch
@@ -54,9 +55,12 @@ def run_many(runs: list[tuple[str, list[str]]], runs_dir: Path, jobs: int = 1, l
     threads, so parallel runs finish a set sooner than threaded ones in sequence), or Hydra's
     basic launcher, one after another in one process, for ``jobs=1``. The launch's output goes
     to ``runs_dir/multirun.log``."""
-    todo = [(name, overrides) for name, overrides in runs if finished_run(runs_dir / name) is None]
-    for name, _ in runs:
-        print(f"{name}: {'to run' if (name, _) in todo else 'reusing ' + str(finished_run(runs_dir / name))}", flush=True)
+    todo = []
+    for name, overrides in runs:
+        reused = finished_run(runs_dir / name)
+        if reused is None:
+            todo.append((name, overrides))
+        print(f"{name}: {'to run' if reused is None else f'reusing {reused}'}", flush=True)
     if todo:
         for name, _ in todo:
             shutil.rmtree(runs_dir / name, ignore_errors=True)
