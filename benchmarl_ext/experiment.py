@@ -22,10 +22,15 @@ behaviour MAGPO needs, and the checks and resume guarantees every run deserves
   logged as ``train/<group>/delta`` and is saved in checkpoints.
 * ``algorithm.agent_order=per_epoch``: a new training order at every PPO epoch, through the
   ``on_batch_collected`` and ``on_train_step`` callbacks.
+* The absolute metric (``absolute_metric_episodes=N``, the field's protocol, Gorsane et al. 2022):
+  the parameters of the best evaluation seen during training (for MAGPO the learner's) are kept,
+  in checkpoints too, and at the end of the run evaluated again on N episodes; logged as
+  ``absolute/...`` and written to the run's json as its ``absolute_metrics``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -111,6 +116,35 @@ class EvaluationCurve(Callback):
         return self.points[-1][1] if kind == "final" else area_under_curve(self.points)
 
 
+class BestEvaluation(Callback):
+    """Keeps the parameters of the evaluated policy (for MAGPO, the learner) at its best evaluation
+    so far (mean return over episodes and groups): what the absolute metric evaluates again."""
+
+    def __init__(self):
+        super().__init__()
+        self.mean_return = -float("inf")
+        self.total_frames: int | None = None
+        self.policy_state: Dict[str, torch.Tensor] | None = None
+
+    def on_evaluation_end(self, rollouts: List[TensorDictBase]) -> None:
+        mean_return = mean_episode_return(rollouts, self.experiment.group_map).mean().item()
+        if mean_return > self.mean_return:
+            self.mean_return, self.total_frames = mean_return, self.experiment.total_frames
+            self.policy_state = copy.deepcopy(self.experiment.policy.state_dict())
+
+    def state_dict(self) -> Dict:
+        return {"mean_return": self.mean_return, "total_frames": self.total_frames, "policy": self.policy_state}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.mean_return, self.total_frames = state["mean_return"], state["total_frames"]
+        self.policy_state = state["policy"]
+
+
+def mean_episode_return(rollouts: List[TensorDictBase], groups) -> torch.Tensor:
+    """Per-episode return averaged over the agent groups, ``[n_episodes]``: BenchMARL's json ``return``."""
+    return torch.stack([episode_returns(rollouts, group) for group in groups]).mean(0)
+
+
 def episode_returns(rollouts: List[TensorDictBase], group: str) -> torch.Tensor:
     """Per-episode return of ``group`` as BenchMARL's evaluation logs it: each rollout cut at its
     first done, rewards summed over time and averaged over the group's agents."""
@@ -136,8 +170,18 @@ class MagpoExperiment(Experiment):
 
     evaluates_learner = True  # what Magpo checks: eval/... comes from the decentralized learner
 
-    def __init__(self, task, algorithm_config, model_config, seed, config, critic_model_config=None, callbacks=None):
+    def __init__(self, task, algorithm_config, model_config, seed, config, critic_model_config=None, callbacks=None,
+                 absolute_metric_episodes: int = 0):
         check_experiment_config(config, algorithm_config.on_policy())
+        if isinstance(absolute_metric_episodes, bool) or not isinstance(absolute_metric_episodes, int) or absolute_metric_episodes < 0:
+            raise ValueError(
+                f"absolute_metric_episodes must be an integer >= 0 (0: off; the protocol's 10 x experiment."
+                f"evaluation_episodes), got {absolute_metric_episodes!r}"
+            )
+        if absolute_metric_episodes and not config.evaluation:
+            raise ValueError("absolute_metric_episodes > 0 needs experiment.evaluation=true (it re-evaluates the best evaluation)")
+        self.absolute_metric_episodes = absolute_metric_episodes
+        self._trained = False  # set when this process runs the training loop (the absolute metric follows it)
         if isinstance(algorithm_config, MagpoConfig):
             algorithm_config.check_model(model_config)
         task = task.get_task() if isinstance(task, Task) else task
@@ -156,6 +200,9 @@ class MagpoExperiment(Experiment):
         for needed in (GuiderBacktrack, PerEpochAgentOrder, AdaptiveDelta):
             if not any(isinstance(c, needed) for c in callbacks):
                 callbacks.append(needed())
+        self._best = BestEvaluation() if absolute_metric_episodes else None
+        if self._best is not None:
+            callbacks.append(self._best)
         super().__init__(task, algorithm_config, model_config, seed, config, critic_model_config, callbacks)
 
     def _setup_algorithm(self):
@@ -180,29 +227,32 @@ class MagpoExperiment(Experiment):
         self._evaluate_guider()
 
     @torch.no_grad()
-    def _evaluate_guider(self) -> None:
-        """Roll out the guider (centralized execution) and log it under eval_guider/...."""
+    def _rollouts(self, policy, episodes: int) -> List[TensorDictBase]:
+        """At least ``episodes`` evaluation episodes of ``policy`` on the test environment, as
+        BenchMARL's evaluation runs them (its exploration type; a vectorized environment gives
+        ``evaluation_episodes`` per rollout, so ``episodes`` is rounded up to a multiple)."""
         from torchrl.envs.utils import ExplorationType, set_exploration_type
 
         exploration = (
             ExplorationType.DETERMINISTIC if self.config.evaluation_deterministic_actions else ExplorationType.RANDOM
         )
+        rollouts = []
         with set_exploration_type(exploration):
-            if self.test_env.batch_size == ():
-                rollouts = [
-                    self.test_env.rollout(
-                        max_steps=self.max_steps, policy=self.algorithm.get_guider_policy(),
-                        auto_cast_to_device=True, break_when_any_done=True,
-                    )
-                    for _ in range(self.config.evaluation_episodes)
-                ]
-            else:
-                rollouts = list(
-                    self.test_env.rollout(
-                        max_steps=self.max_steps, policy=self.algorithm.get_guider_policy(),
-                        auto_cast_to_device=True, break_when_any_done=False,
+            while len(rollouts) < episodes:
+                if self.test_env.batch_size == ():
+                    rollouts.append(self.test_env.rollout(
+                        max_steps=self.max_steps, policy=policy, auto_cast_to_device=True, break_when_any_done=True,
+                    ))
+                else:
+                    rollouts += self.test_env.rollout(
+                        max_steps=self.max_steps, policy=policy, auto_cast_to_device=True, break_when_any_done=False,
                     ).unbind(0)
-                )
+        return rollouts
+
+    @torch.no_grad()
+    def _evaluate_guider(self) -> None:
+        """Roll out the guider (centralized execution) and log it under eval_guider/...."""
+        rollouts = self._rollouts(self.algorithm.get_guider_policy(), self.config.evaluation_episodes)
         to_log = {}
         group_means = []
         for group in self.group_map:
@@ -211,6 +261,47 @@ class MagpoExperiment(Experiment):
             group_means.append(returns.mean())
         to_log["eval_guider/reward/episode_reward_mean"] = torch.stack(group_means).mean().item()
         self.logger.log(to_log, step=self.n_iters_performed)
+
+    def close(self) -> None:
+        """The absolute metric, once, when this process has trained the run to its end (not after
+        ``benchmarl evaluate`` or an interrupted run); then BenchMARL's close."""
+        finished = self.n_iters_performed >= self.config.get_max_n_iters(self.on_policy)
+        if self._trained and finished and self._best is not None and self._best.policy_state is not None:
+            self._trained = False  # once
+            self.absolute_metric()
+        super().close()
+
+    @torch.no_grad()
+    def absolute_metric(self) -> Dict[str, float]:
+        """Evaluate the parameters of the best evaluation so far on ``absolute_metric_episodes``
+        episodes (the evaluated policy: for MAGPO the learner), then put the current parameters
+        back. Logs ``absolute/reward/episode_reward_mean`` (and per group) and the best
+        evaluation's frame count at the current iteration, and writes the per-episode returns to
+        the run's json (``experiment.create_json``) as its ``absolute_metrics``, in place of
+        BenchMARL's entry there (the largest single-episode return seen, not the protocol's metric)."""
+        policy = self.algorithm.get_learner_policy() if isinstance(self.algorithm, Magpo) else self.policy
+        current = copy.deepcopy(policy.state_dict())
+        policy.load_state_dict(self._best.policy_state)
+        try:
+            rollouts = self._rollouts(policy, self.absolute_metric_episodes)
+        finally:
+            policy.load_state_dict(current)
+        per_group = {group: episode_returns(rollouts, group) for group in self.group_map}
+        returns = mean_episode_return(rollouts, self.group_map)
+        to_log = {f"absolute/{group}/reward/episode_reward_mean": r.mean().item() for group, r in per_group.items()}
+        to_log["absolute/reward/episode_reward_mean"] = returns.mean().item()
+        to_log["absolute/best_evaluation_frames"] = self._best.total_frames
+        self.logger.log(to_log, step=self.n_iters_performed)
+        writer = self.logger.json_writer
+        if writer is not None:
+            metrics = {f"{group}_return": r.tolist() for group, r in per_group.items()}
+            writer.run_data["absolute_metrics"] = {**metrics, "return": returns.tolist()}
+            partial = writer.path.with_name(writer.path.name + ".partial")
+            partial.write_text(json.dumps(writer.data, indent=4))
+            partial.replace(writer.path)
+        print(f"absolute metric: {to_log['absolute/reward/episode_reward_mean']:.6g} over {len(rollouts)} episodes of "
+              f"the best evaluation (at {self._best.total_frames} frames, {self._best.mean_return:.6g})")
+        return to_log
 
     def evaluate(self) -> Dict[str, float]:
         """One evaluation of the current (restored) policies; prints the numbers and writes them to
@@ -262,6 +353,8 @@ class MagpoExperiment(Experiment):
         # MAGPO's delta moves with delta=auto (other algorithms: empty)
         state["delta"] = {group: loss.options.delta for group, loss in self.losses.items() if isinstance(loss, MAGPOLoss)}
         state["run"] = dict(self._run_identity, groups=list(self.group_map), seed=self.seed)
+        if self._best is not None:  # the absolute metric's best parameters so far
+            state["best_evaluation"] = self._best.state_dict()
         return state
 
     def load_state_dict(self, state_dict: Dict) -> None:
@@ -272,6 +365,8 @@ class MagpoExperiment(Experiment):
         for group, delta in state_dict["delta"].items():
             self.losses[group].options = replace(self.losses[group].options, delta=delta)
         self._resume_rng = state_dict["rng"]
+        if self._best is not None and "best_evaluation" in state_dict:
+            self._best.load_state_dict(state_dict["best_evaluation"])
 
     def _load_experiment(self) -> "MagpoExperiment":
         state, self._checkpoint = self._checkpoint, None  # read and validated in __init__
@@ -285,6 +380,7 @@ class MagpoExperiment(Experiment):
         return self
 
     def _collection_loop(self):
+        self._trained = True
         if self._resume_rng is not None:  # continue the generators exactly where the checkpoint left them
             set_rng_state(self._resume_rng)
             self._resume_rng = None

@@ -3,6 +3,7 @@ backtracking, checkpoints and resume (exactness, safety and bad values: test_tru
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from benchmarl_ext import cli
+from benchmarl_ext import experiment as experiment_module
 from benchmarl_ext.plots import read_scalar
 from benchmarl_ext.registration import register
 import configs
@@ -192,6 +194,54 @@ def test_checkpoint_holds_everything_and_resume_continues(tmp_path):
     assert resumed.n_iters_performed == first.n_iters_performed == 2
     resumed.run()  # continues from iteration 2 to 3 (240 frames)
     assert resumed.n_iters_performed == 3 and resumed.total_frames == 240
+
+
+@pytest.mark.parametrize("algorithm", ["magpo", "mappo"])
+def test_absolute_metric_reevaluates_the_best_evaluation_and_writes_the_json(tmp_path, algorithm, monkeypatch):
+    overrides = [f"algorithm={algorithm}", *(SMALL_GUIDER if algorithm == "magpo" else []),
+                 "experiment.create_json=true", "absolute_metric_episodes=5", "experiment.max_n_frames=240"]
+    experiment = make_experiment(tmp_path, overrides)
+    evaluated = experiment.algorithm.get_learner_policy() if algorithm == "magpo" else experiment.policy
+
+    def tensors(policy):  # its parameters and buffers (a state dict also holds specs)
+        return {k: v.clone() for k, v in policy.state_dict().items() if isinstance(v, torch.Tensor)}
+
+    # The three evaluations (after iterations 0, 1, 2) score 1, 3, 2, so the best is the middle one,
+    # neither the first nor the trained parameters at the end; the absolute metric's own returns are real.
+    scores, at_evaluation, rollout_calls = [1.0, 3.0, 2.0], [], []
+    real_mean_return = experiment_module.mean_episode_return
+
+    def scored(rollouts, groups):
+        if len(at_evaluation) < len(scores):
+            at_evaluation.append(tensors(evaluated))
+            return torch.tensor([scores[len(at_evaluation) - 1]])
+        return real_mean_return(rollouts, groups)
+
+    rollouts = experiment._rollouts
+
+    def spy(policy, episodes):
+        rollout_calls.append(tensors(policy))
+        return rollouts(policy, episodes)
+
+    monkeypatch.setattr(experiment_module, "mean_episode_return", scored)
+    monkeypatch.setattr(experiment, "_rollouts", spy)
+    experiment.run()
+
+    assert len(at_evaluation) == 3 and experiment._best.mean_return == 3.0 and experiment._best.total_frames == 160
+    assert any(not torch.equal(at_evaluation[1][k], at_evaluation[2][k]) for k in at_evaluation[1])  # it trained on
+    for key, value in at_evaluation[1].items():  # the last rollouts of the run, the absolute metric's: best parameters
+        torch.testing.assert_close(rollout_calls[-1][key], value, rtol=0, atol=0, msg=key)
+    for key, value in tensors(evaluated).items():  # and the trained parameters are back afterwards
+        torch.testing.assert_close(value, at_evaluation[2][key], rtol=0, atol=0, msg=key)
+    (json_file,) = Path(experiment.folder_name).glob("*.json")
+    run = json.loads(json_file.read_text())["vmas"]["balance"][algorithm]["seed_0"]
+    returns = run["absolute_metrics"]["return"]
+    assert len(returns) == 6  # 5 episodes, rounded up to whole rollouts of 2 vectorized environments
+    logged = read_scalar(experiment.folder_name, "absolute_reward_episode_reward_mean")
+    assert list(logged) == [3] and logged[3] == pytest.approx(sum(returns) / len(returns), rel=1e-5)
+    assert read_scalar(experiment.folder_name, "absolute_best_evaluation_frames") == {3: 160.0}
+    checkpoint = torch.load(next((Path(experiment.folder_name) / "checkpoints").glob("*.pt")), weights_only=False)
+    assert checkpoint["best_evaluation"]["mean_return"] == 3.0  # a resumed run keeps its best
 
 
 def test_resume_command_reloads_a_run(tmp_path):

@@ -284,6 +284,9 @@ BAD_VALUES = [
     (["experiment.sampling_device=gpu"], "experiment.sampling_device"),
     (["algorithm=mat", "algorithm.agent_order=per_epoch"], "algorithm.agent_order"),
     (["algorithm=mat", "algorithm.embed_dim=10", "algorithm.heads=4"], "algorithm.embed_dim"),
+    (["absolute_metric_episodes=-1"], "absolute_metric_episodes"),
+    (["absolute_metric_episodes=2.5"], "absolute_metric_episodes"),
+    (["absolute_metric_episodes=8", "experiment.evaluation=false"], "absolute_metric_episodes"),
     (["task.memory=global"], "task.memory"),  # task.* rows run on coordsum/3x10
     (["task.n_agents=1"], "task.n_agents"),
     (["task.time_limit=0"], "task.time_limit"),
