@@ -12,7 +12,9 @@ marl-eval itself pins pandas 1.4, which Python 3.11 cannot install):
   95% stratified bootstrap CIs (runs resampled within each task);
 * the probability of improvement of ``--candidate`` over every other algorithm (the paper's
   Fig. 3), with its stratified bootstrap CI;
-* sample efficiency: the normalised IQM at every evaluation point, with CIs (a PNG).
+* sample efficiency: the normalised IQM at every evaluation point, with CIs (a PNG);
+* from json files whose runs all have it (``absolute_metric_episodes``), the absolute metric per
+  task: mean over seeds with a 95% CI.
 
 Input, either:
 
@@ -110,9 +112,10 @@ def _is_marl_eval_record(data) -> bool:
     return bool(runs) and all(isinstance(run, dict) and "absolute_metrics" in run for run in runs)
 
 
-def read_benchmarl_json(folder: Path):
-    """:func:`read_curves` of the marl-eval json files that BenchMARL writes under ``folder``
-    (any depth); tasks are named ``<environment>/<task>``."""
+def _benchmarl_runs(folder: Path):
+    """``(task, algorithm, seed, run)`` of every run in the marl-eval json files that BenchMARL
+    writes under ``folder`` (any depth), merged with BenchMARL's ``load_and_merge_json_dicts``;
+    tasks are named ``<environment>/<task>``."""
     from benchmarl.eval_results import load_and_merge_json_dicts
 
     files = []
@@ -127,18 +130,36 @@ def read_benchmarl_json(folder: Path):
                     continue
     if not files:
         raise ValueError(f"{folder}: no BenchMARL json files (run with experiment.create_json=true)")
-    merged = load_and_merge_json_dicts(sorted(files))
-    rows: dict[tuple[str, str], dict[int, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
-    for environment, tasks in merged.items():
+    for environment, tasks in load_and_merge_json_dicts(sorted(files)).items():
         for task, algorithms in tasks.items():
             for algorithm, seeds in algorithms.items():
                 for seed_name, run in seeds.items():
-                    for step, metrics in run.items():
-                        if step.startswith("step_"):
-                            returns = metrics["return"]
-                            rows[f"{environment}/{task}", algorithm][int(seed_name.removeprefix("seed_"))][
-                                float(metrics["step_count"])] = float(np.mean(returns))
+                    yield f"{environment}/{task}", algorithm, int(seed_name.removeprefix("seed_")), run
+
+
+def read_benchmarl_json(folder: Path):
+    """:func:`read_curves` of the marl-eval json files that BenchMARL writes under ``folder``."""
+    rows: dict[tuple[str, str], dict[int, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
+    for task, algorithm, seed, run in _benchmarl_runs(folder):
+        for step, metrics in run.items():
+            if step.startswith("step_"):
+                rows[task, algorithm][seed][float(metrics["step_count"])] = float(np.mean(metrics["return"]))
     return _as_arrays(rows, folder)
+
+
+def read_absolute_metrics(folder: Path) -> dict[str, dict[str, np.ndarray]] | None:
+    """``absolute[task][algorithm]``: each seed's absolute metric (the mean return of the best
+    evaluation's parameters re-evaluated, ``absolute_metric_episodes``), seeds in order; None
+    unless every run under ``folder`` has one. BenchMARL's own ``absolute_metrics`` entry (the
+    largest single-episode return) carries no ``best_step_count`` and is not read."""
+    rows: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for task, algorithm, seed, run in _benchmarl_runs(folder):
+        absolute = run.get("absolute_metrics", {})
+        if "best_step_count" not in absolute:
+            return None
+        rows[task][algorithm][seed] = float(np.mean(absolute["return"]))
+    return {task: {a: np.array([seeds[s] for s in sorted(seeds)]) for a, seeds in algorithms.items()}
+            for task, algorithms in rows.items()}
 
 
 def normalised(curves: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -190,6 +211,17 @@ def report(path: Path, candidate: str, out: Path | None = None, reps: int = 20_0
             mean, low, high = interval(curves[task][algorithm][:, -1], reps=reps)
             cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
+
+    absolute = read_absolute_metrics(path) if path.is_dir() else None
+    if absolute is not None:
+        lines += ["", "## Per task: absolute metric, mean [95% CI]", "",
+                  "Each run's best evaluation (by mean return), its parameters evaluated again at the end "
+                  "(`absolute_metric_episodes`).", "",
+                  "| task | " + " | ".join(sorted(scores)) + " |", "|---" * (len(scores) + 1) + "|"]
+        for task in tasks:
+            cells = [("{:.3f} [{:.3f}, {:.3f}]".format(*interval(absolute[task][a], reps=reps))
+                      if a in absolute.get(task, {}) else "-") for a in sorted(scores)]
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
 
     final = {a: s[:, :, -1] for a, s in scores.items()}  # [seeds, tasks]
     estimate, bounds = library.get_interval_estimates(

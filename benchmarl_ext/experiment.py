@@ -295,7 +295,9 @@ class MagpoExperiment(Experiment):
         writer = self.logger.json_writer
         if writer is not None:
             metrics = {f"{group}_return": r.tolist() for group, r in per_group.items()}
-            writer.run_data["absolute_metrics"] = {**metrics, "return": returns.tolist()}
+            # best_step_count marks the entry as this metric (benchmarks/protocol.py reads it)
+            writer.run_data["absolute_metrics"] = {**metrics, "return": returns.tolist(),
+                                                   "best_step_count": [self._best.total_frames]}
             partial = writer.path.with_name(writer.path.name + ".partial")
             partial.write_text(json.dumps(writer.data, indent=4))
             partial.replace(writer.path)

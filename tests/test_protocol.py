@@ -89,6 +89,29 @@ def test_benchmarl_json_folders_give_the_same_curves_as_the_csv(tmp_path):
     assert "| vmas/balance |" in report.read_text()
 
 
+def test_the_absolute_metric_is_read_only_where_every_run_has_it(tmp_path):
+    pytest.importorskip("benchmarl")
+    import json
+
+    returns = {("vmas/balance", a): [[0.0, 1.0, 2.0]] * 3 for a in ("magpo", "mappo")}
+    write_benchmarl_json(tmp_path / "multirun", returns)
+    # BenchMARL's own entry (the largest single-episode return): not the protocol's metric
+    assert protocol.read_absolute_metrics(tmp_path / "multirun") is None
+    assert "absolute metric" not in protocol.report(tmp_path / "multirun", "magpo", reps=1000).read_text()
+    for path in (tmp_path / "multirun").glob("*_*_*/*.json"):  # the runs' files: what absolute_metric_episodes writes
+        data = json.loads(path.read_text())
+        (run,) = [seeds for tasks in data.values() for algorithms in tasks.values() for seeds in algorithms.values()]
+        (record,) = run.values()
+        seed, value = int(path.parent.name.rsplit("_", 1)[1]), 10.0 if "magpo" in path.name else 5.0
+        record["absolute_metrics"] = {"return": [value + seed - 1.0, value + seed + 1.0], "best_step_count": [2000]}
+        path.write_text(json.dumps(data))
+    absolute = protocol.read_absolute_metrics(tmp_path / "multirun")
+    np.testing.assert_allclose(absolute["vmas/balance"]["magpo"], [10.0, 11.0, 12.0])
+    np.testing.assert_allclose(absolute["vmas/balance"]["mappo"], [5.0, 6.0, 7.0])
+    text = protocol.report(tmp_path / "multirun", "magpo", reps=1000).read_text()
+    assert "## Per task: absolute metric, mean [95% CI]" in text and "| vmas/balance | 11.000 [" in text
+
+
 def test_a_folder_without_benchmarl_json_is_refused(tmp_path):
     (tmp_path / "evaluations").mkdir()
     (tmp_path / "evaluations" / "checkpoint.json").write_text('{"learner": 1}')

@@ -237,6 +237,7 @@ def test_absolute_metric_reevaluates_the_best_evaluation_and_writes_the_json(tmp
     run = json.loads(json_file.read_text())["vmas"]["balance"][algorithm]["seed_0"]
     returns = run["absolute_metrics"]["return"]
     assert len(returns) == 6  # 5 episodes, rounded up to whole rollouts of 2 vectorized environments
+    assert run["absolute_metrics"]["best_step_count"] == [160]
     logged = read_scalar(experiment.folder_name, "absolute_reward_episode_reward_mean")
     assert list(logged) == [3] and logged[3] == pytest.approx(sum(returns) / len(returns), rel=1e-5)
     assert read_scalar(experiment.folder_name, "absolute_best_evaluation_frames") == {3: 160.0}
