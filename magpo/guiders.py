@@ -126,6 +126,21 @@ class _GuiderCore(nn.Module):
         ``[*B, n_agents, ...]`` (each agent sees only those of the agents before it)."""
         raise NotImplementedError
 
+    def start_decoding(self, context):
+        """What :meth:`decode_next` carries from one step of the order to the next (the
+        transformer: the attention keys and values so far); this default keeps nothing."""
+        return None
+
+    def decode_next(self, context, state, order: torch.Tensor, step: int, action: torch.Tensor):
+        """``(params [*B, P], state)``: the parameters of the agent acting at ``step`` of
+        ``order`` given the actions ``[*B, n_agents, ...]`` of the agents before it (the other
+        entries are ignored), and the state for the next step; sampling calls it for steps 0, 1, ...
+        in turn from :meth:`start_decoding`. This default runs the whole :meth:`decode` and keeps
+        the acting agent's row."""
+        params = self.decode(context, action)
+        acting = order[..., step, None, None].expand(*order.shape[:-1], 1, params.shape[-1])
+        return params.gather(-2, acting).squeeze(-2), state
+
     def depends_on_previous_actions(self) -> bool:
         """Whether the parameters can currently depend on the other agents' actions. When they
         cannot, the agents are independent given the observations, and drawing all of them at
@@ -227,6 +242,51 @@ class TransformerGuider(_GuiderCore):
         if context[-1] is None:
             return super().next_memory(context)
         return context[-1]
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, L, E]`` -> ``[B, heads, L, E / heads]``, the layout of the attention below."""
+        heads = self.decoder.layers[0].self_attn.num_heads
+        return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+    def start_decoding(self, context):
+        # The cross-attention keys and values of the encoding, per decoder layer: once per env step.
+        encoded, dim = context[0], context[0].shape[-1]
+        memory = []
+        for layer in self.decoder.layers:
+            weight, bias = layer.multihead_attn.in_proj_weight, layer.multihead_attn.in_proj_bias
+            memory.append(tuple(self._heads(nn.functional.linear(encoded, weight[i * dim:(i + 1) * dim], bias[i * dim:(i + 1) * dim]))
+                                for i in (1, 2)))
+        return memory, [None] * len(self.decoder.layers)
+
+    def decode_next(self, context, state, order, step, action):
+        # Incremental decoding: only the token of the agent acting at `step` runs through the
+        # decoder; its self-attention reads the keys and values cached at the earlier steps. Each
+        # norm-first layer as nn.TransformerDecoderLayer computes it (dropout is 0): the same
+        # values as decode()'s row for this agent up to float rounding, at a cost that does not
+        # grow with the agents still to act.
+        encoded, step_agents, flat_order, _, batch_shape, _ = context
+        memory, past = state
+        rows, dim = len(flat_order), encoded.shape[-1]
+        if step == 0:
+            previous = self.action_embed.start.expand(rows, -1)
+        else:
+            agent_actions = action.reshape(rows, self.n_agents, *action.shape[len(batch_shape) + 1:])
+            previous = self.action_embed(agent_actions[torch.arange(rows, device=action.device), flat_order[:, step - 1]])
+        x = (previous + step_agents[:, step])[:, None]  # [B, 1, E]
+        attend = nn.functional.scaled_dot_product_attention
+        cached = []
+        for layer, (memory_keys, memory_values), earlier in zip(self.decoder.layers, memory, past):
+            query, key, value = (self._heads(t) for t in nn.functional.linear(
+                layer.norm1(x), layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias).chunk(3, -1))
+            if earlier is not None:
+                key, value = torch.cat([earlier[0], key], 2), torch.cat([earlier[1], value], 2)
+            cached.append((key, value))
+            x = x + layer.self_attn.out_proj(attend(query, key, value).transpose(1, 2).flatten(2))
+            cross = layer.multihead_attn
+            query = self._heads(nn.functional.linear(layer.norm2(x), cross.in_proj_weight[:dim], cross.in_proj_bias[:dim]))
+            x = x + cross.out_proj(attend(query, memory_keys, memory_values).transpose(1, 2).flatten(2))
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+        return self.head(x[:, 0]).reshape(*batch_shape, -1), (memory, cached)
 
     def decode(self, context, action):
         encoded, step_agents, flat_order, positions, batch_shape, _ = context
@@ -430,8 +490,10 @@ class TeacherForcedGuider(TensorDictModuleBase):
 class SequentialGuiderSampler(TensorDictModuleBase):
     """The collection side: agents act one after the other in a fixed or random order.
 
-    Step k runs the teacher-forced pass on the actions chosen so far (entries of agents yet to
-    act are placeholders that the causal structure ignores), lets the distribution head act
+    Step k computes the parameters of the agent acting k-th from the actions chosen so far
+    (:meth:`_GuiderCore.decode_next`; incremental for the transformer, which caches its attention
+    keys and values from step to step; entries of agents yet to act are placeholders that the
+    causal structure ignores), lets the distribution head act
     under the current exploration type (sample, or mode when deterministic) and keeps the action
     and log-prob of the agent acting k-th. When the core reports that its parameters do not
     depend on the previous actions (a residual guider right after a backtrack), a single step
@@ -490,10 +552,17 @@ class SequentialGuiderSampler(TensorDictModuleBase):
         head_inputs = tensordict.select(*self.head.in_keys, strict=False)  # e.g. an action mask
         if core.depends_on_previous_actions():
             steps = nn.functional.one_hot(order, self.n_agents).bool().movedim(-2, 0)  # [n, *B, n]: who acts at k
+            state, params = core.start_decoding(context), None
         else:
             steps = torch.ones(1, *batch_shape, self.n_agents, dtype=torch.bool, device=device)  # all at once
-        for acting in steps:
             params = core.decode(context, action)
+        for step, acting in enumerate(steps):
+            if len(steps) > 1:
+                row, state = core.decode_next(context, state, order, step, action)
+                # Each agent's row is filled in at its step; the rows of the agents still to act are
+                # zeros until then (a valid distribution whose draws are discarded). The head draws for
+                # every agent at every step, so the random stream does not depend on the decoding.
+                params = torch.where(acting.unsqueeze(-1), row.unsqueeze(-2), 0.0 if params is None else params)
             acted = self.head(head_inputs.clone(False).set(self.teacher_forced.out_key, params))
             log_prob = torch.where(acting, acted.get(self.log_prob_key), log_prob)
             while acting.dim() < action.dim():
@@ -502,7 +571,7 @@ class SequentialGuiderSampler(TensorDictModuleBase):
         tensordict.set(self.action_key, action)
         tensordict.set(self.log_prob_key, log_prob)
         tensordict.set(self.order_key, order)
-        tensordict.set(self.teacher_forced.out_key, params)  # the last step's: every agent's own, by causality
+        tensordict.set(self.teacher_forced.out_key, params)  # every agent's own, from its step
         if self.memory_key is not None:
             tensordict.set(("next", *self.memory_key), core.next_memory(context))
         return tensordict

@@ -104,6 +104,66 @@ def test_each_agent_sees_exactly_the_actions_before_it(kind, continuous):
             assert (difference[later] > 1e-7).all(), "a later agent ignored an earlier action"
 
 
+def _with_memory_inputs(data, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    data[MEMORY_KEY] = torch.randn(BATCH, AGENTS, 16, generator=g)
+    data["is_init"] = torch.rand(BATCH, 1, generator=g) > 0.5
+    return data
+
+
+@pytest.mark.parametrize("kind, continuous, memory", [(k, c, False) for k, c in CASES] + [("transformer", False, True)])
+def test_step_by_step_decoding_equals_the_full_decoder(kind, continuous, memory):
+    """decode_next (incremental for the transformer: a KV cache) gives each agent's row of the full,
+    teacher-forced decode, with the actions of the agents after it still unset."""
+    core, *_ = build(kind, continuous, memory=memory)
+    data = batch(1)
+    if memory:
+        _with_memory_inputs(data)
+    order = torch.argsort(torch.rand(BATCH, AGENTS, generator=torch.Generator().manual_seed(2)), -1)
+    action = torch.randn(BATCH, AGENTS, DIMS) if continuous else torch.randint(ACTIONS, (BATCH, AGENTS))
+    with torch.no_grad():
+        context = core.context(data, order)
+        full = core.decode(context, action)
+        state, chosen = core.start_decoding(context), torch.zeros_like(action)
+        rows = torch.arange(BATCH)
+        for step in range(AGENTS):
+            row, state = core.decode_next(context, state, order, step, chosen)
+            exact = dict(rtol=0, atol=0) if kind != "transformer" else dict(rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(row, full[rows, order[:, step]], **exact)
+            chosen[rows, order[:, step]] = action[rows, order[:, step]]  # the agent acts
+
+
+@pytest.mark.parametrize("kind, continuous", CASES)
+def test_sampling_draws_what_agent_after_agent_full_decoding_draws(kind, continuous):
+    """The sampler's random stream and result are those of the plain scheme: at every step the
+    whole teacher-forced decode on the actions so far, the head drawing for every agent, the acting
+    agent's draw kept (exact for the corrected guiders; the transformer's rows differ by rounding)."""
+    core, _, _, for_collection = build(kind, continuous)
+    data = batch(3)
+    torch.manual_seed(5)
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        sampled = for_collection(data.clone())
+        torch.manual_seed(5)
+        order = for_collection._order(torch.Size([BATCH]), torch.device("cpu"))
+        action = torch.zeros_like(sampled["agents", "action"])
+        log_prob = torch.zeros(BATCH, AGENTS)
+        context, rows = core.context(data, order), torch.arange(BATCH)
+        for step in range(AGENTS):
+            params = core.decode(context, action)
+            acted = for_collection.head(data.select(*for_collection.head.in_keys, strict=False).set(PARAMS_KEY, params))
+            agent = order[:, step]
+            action[rows, agent] = acted["agents", "action"][rows, agent]
+            log_prob[rows, agent] = acted["agents", "log_prob"][rows, agent]
+    assert torch.equal(sampled["agents", "agent_order"], order)
+    exact = dict(rtol=0, atol=0) if kind != "transformer" else dict(rtol=1e-5, atol=1e-5)
+    if continuous:
+        torch.testing.assert_close(sampled["agents", "action"], action, **exact)
+    else:  # the same uniforms against (nearly) the same cumulative probabilities: the same actions
+        assert torch.equal(sampled["agents", "action"], action)
+    torch.testing.assert_close(sampled["agents", "log_prob"], log_prob, **exact)
+    torch.testing.assert_close(sampled[PARAMS_KEY], params, **exact)
+
+
 def test_orders_random_per_step_or_fixed():
     _, _, _, random_order = build("transformer", False, agent_order="random")
     _, _, _, fixed_order = build("transformer", False, agent_order="fixed")
