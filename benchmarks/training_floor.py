@@ -17,6 +17,7 @@ machine, versions and commit; ``throughput.md`` has the full runs to set it agai
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -88,8 +89,7 @@ def magpo_losses(nets, b, delta: float = 1.5):
     action = b["action"][..., None]
     g_taken, l_taken = guider.gather(-1, action).squeeze(-1), learner.gather(-1, action).squeeze(-1)
     # double clip: the guider's ratio within [1/delta, delta] of the learner's, plus a masked KL pull
-    bounded = torch.minimum(torch.maximum(g_taken, l_taken.detach() - torch.log(torch.tensor(delta))),
-                            l_taken.detach() + torch.log(torch.tensor(delta)))
+    bounded = torch.minimum(torch.maximum(g_taken, l_taken.detach() - math.log(delta)), l_taken.detach() + math.log(delta))
     outside = (g_taken - bounded).abs() > 0
     kl_guider = (guider.exp() * (guider - learner.detach())).sum(-1)
     loss_guider = ppo(bounded, b["behaviour_log_prob"], b["advantage"]) + (kl_guider * outside).mean()

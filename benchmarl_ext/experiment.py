@@ -106,8 +106,8 @@ class EvaluationCurve(Callback):
         self.points: List[tuple[int, float]] = []
 
     def on_evaluation_end(self, rollouts: List[TensorDictBase]) -> None:
-        per_group = [episode_returns(rollouts, group).mean() for group in self.experiment.group_map]
-        self.points.append((self.experiment.total_frames, torch.stack(per_group).mean().item()))
+        mean_return = mean_episode_return(rollouts, self.experiment.group_map).mean().item()
+        self.points.append((self.experiment.total_frames, mean_return))
 
     def objective(self, kind: str) -> float:
         """``final``: the last evaluation's return; ``auc``: the trapezoid mean over frames."""
