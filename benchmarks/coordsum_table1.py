@@ -122,7 +122,7 @@ def main(argv=None) -> None:
 
     start = time.perf_counter()
     if args.report_only:
-        folders = [finished_run(runs_dir / name) for *_, name, _ in runs]
+        folders = [finished_run(runs_dir / name, overrides) for *_, name, overrides in runs]
     else:
         folders = run_many([(name, overrides) for *_, name, overrides in runs], runs_dir, args.jobs, args.launcher,
                            tuple(args.launcher_option))

@@ -19,6 +19,8 @@ Writes to ``--out``:
   (percentile bootstrap over seeds, rliable) with per-seed values; collection + training seconds per iteration
   and the ratio to MAPPO; the mean ``learner_kl`` and ``mask_fraction`` of each MAGPO preset;
   with the date, machine, versions and commit;
+  with ``--absolute-episodes N``, also the protocol's absolute metric of every run (its best
+  evaluation's parameters evaluated again on N episodes at the end, ``absolute_metric_episodes``);
 * ``magpo_vs_mappo_<task>.png``: evaluation return against frames, mean and 95% CI;
 * ``magpo_vs_mappo_curves.csv``: every evaluation point of every run;
 * ``magpo_vs_mappo_protocol.md``/``.png``: the field's protocol across tasks (``protocol.py``):
@@ -66,8 +68,15 @@ def diagnostic_mean(folder: Path, term: str) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
+def absolute_metric(folder: Path) -> float | None:
+    """A run's absolute metric (``absolute/reward/episode_reward_mean``), or None if it has none."""
+    values = list(read_scalar(folder, "absolute_reward_episode_reward_mean").values())
+    return values[-1] if values else None
+
+
 def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]], out: Path) -> list[str]:
-    """The markdown section of one task; also draws its PNG."""
+    """The markdown section of one task (with an absolute-metric column when every run has the
+    metric); also draws its PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,11 +88,14 @@ def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]]
 
     timing = {a: statistics.fmean(per_iteration_seconds(f) for f in folders[a]) for a in algorithms}
     label = {a: "MAPPO" if a == "mappo" else a if a.startswith(("mappo", "ippo")) else f"{a} learner" for a in algorithms}
+    absolute = {a: [absolute_metric(f) for f in folders[a]] for a in algorithms}
+    with_absolute = all(v is not None for values in absolute.values() for v in values)
     lines = [
         f"## {task}",
         "",
-        "| policy | final return | per seed | AUC | per seed | s / iteration | ratio to MAPPO | learner_kl | mask_fraction |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| policy | final return | per seed | AUC | per seed |" + (" absolute metric | per seed |" if with_absolute else "")
+        + " s / iteration | ratio to MAPPO | learner_kl | mask_fraction |",
+        "| --- | --- | --- | --- | --- |" + (" --- | --- |" if with_absolute else "") + " --- | --- | --- | --- |",
     ]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for algorithm in algorithms:
@@ -95,10 +107,11 @@ def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]]
             else [f"{statistics.fmean(diagnostic_mean(f, t) for f in folders[algorithm]):.2e}"
                   for t in ("learner_kl", "mask_fraction")]
         )
+        per_seed = [finals, aucs, absolute[algorithm]] if with_absolute else [finals, aucs]
         lines.append(
-            f"| {label[algorithm]} | {cell(finals)} | {' / '.join(f'{v:.1f}' for v in finals)} | {cell(aucs)} | "
-            f"{' / '.join(f'{v:.1f}' for v in aucs)} | {timing[algorithm]:.2f} | {timing[algorithm] / timing['mappo']:.2f} | "
-            f"{' | '.join(diagnostics)} |"
+            f"| {label[algorithm]} | "
+            + "".join(f"{cell(values)} | {' / '.join(f'{v:.1f}' for v in values)} | " for values in per_seed)
+            + f"{timing[algorithm]:.2f} | {timing[algorithm] / timing['mappo']:.2f} | {' | '.join(diagnostics)} |"
         )
         frames = [x for x, _ in curves[0]]
         stats = [interval([c[k][1] for c in curves], reps=2_000) for k in range(len(frames))]
@@ -124,6 +137,9 @@ def main(argv=None) -> None:
     parser.add_argument("--launcher", help="a Hydra launcher preset for the runs (magpo_local, magpo_slurm, magpo_ray)")
     parser.add_argument("--launcher-option", action="append", default=[], metavar="KEY=VALUE",
                         help="hydra.launcher.KEY=VALUE for --launcher, repeatable")
+    parser.add_argument("--absolute-episodes", type=int, default=0, metavar="N",
+                        help="also the absolute metric on N episodes per run (absolute_metric_episodes; the protocol: "
+                             "10 x experiment.evaluation_episodes); 0: off")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args(argv)
@@ -131,6 +147,8 @@ def main(argv=None) -> None:
         parser.error(f"--seeds must be >= 2 for a confidence interval, got {args.seeds}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.absolute_episodes < 0:
+        parser.error(f"--absolute-episodes must be >= 0 (0: off), got {args.absolute_episodes}")
     import benchmarl
 
     confs = [Path(__file__).resolve().parents[1] / "conf" / "algorithm", Path(benchmarl.__file__).parent / "conf" / "algorithm"]
@@ -149,6 +167,8 @@ def main(argv=None) -> None:
                 name = f"{task.replace('/', '_')}_{re.sub(r'[^A-Za-z0-9_]+', '_', algorithm)}_seed{seed}"
                 preset, *own = algorithm.split("+")
                 overrides = [f"algorithm={preset}", *own, f"task={task}", f"experiment={args.experiment}", f"seed={seed}"]
+                if args.absolute_episodes:
+                    overrides.append(f"absolute_metric_episodes={args.absolute_episodes}")
                 runs.append((name, overrides + args.overrides))
                 keys.append((task, algorithm))
     folders: dict[str, dict[str, list[Path]]] = {t: {a: [] for a in algorithms} for t in tasks}
@@ -165,14 +185,19 @@ def main(argv=None) -> None:
                     writer.writerows([task, algorithm, seed, x, y] for x, y in curve(folder))
 
     command = (f"python benchmarks/magpo_vs_mappo.py --seeds {args.seeds} --tasks {args.tasks} --experiment {args.experiment} "
-               f"--magpo {args.magpo} --jobs {args.jobs}{' ' + ' '.join(args.overrides) if args.overrides else ''}")
+               f"--magpo {args.magpo} --jobs {args.jobs}"
+               f"{f' --absolute-episodes {args.absolute_episodes}' if args.absolute_episodes else ''}"
+               f"{' ' + ' '.join(args.overrides) if args.overrides else ''}")
     lines = [
         f"# MAGPO vs MAPPO (experiment={args.experiment}, {args.seeds} seeds)",
         "",
         f"{provenance()} Command: `{command}`.",
         "",
         "Every return is the evaluation of the decentralized policy (MAGPO: the learner), deterministic actions. "
-        "Final: at the last evaluation. AUC: trapezoid mean of the evaluation return over frames. Mean [95% "
+        "Final: at the last evaluation. AUC: trapezoid mean of the evaluation return over frames. "
+        + (f"Absolute metric: the best evaluation's parameters evaluated again on {args.absolute_episodes} episodes at "
+           "the end of the run. " if args.absolute_episodes else "")
+        + "Mean [95% "
         "percentile bootstrap CI over seeds, rliable]. s / iteration: median collection + training seconds of each run, mean "
         f"over seeds{' (runs shared the cores, ' + str(args.jobs) + ' at a time)' if args.jobs > 1 else ''}. "
         "learner_kl (KL(guider || learner)) and mask_fraction (share of samples outside the delta band): mean over "

@@ -36,19 +36,34 @@ def _experiment_folders(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")] if run_dir.exists() else []
 
 
-def finished_run(run_dir: Path) -> Path | None:
+def run_overrides(run_dir: Path) -> list[str] | None:
+    """The overrides Hydra recorded for the run in ``run_dir`` (``.hydra/overrides.yaml``), or
+    None where there is no record."""
+    import yaml
+
+    record = run_dir / ".hydra" / "overrides.yaml"
+    return [str(o) for o in yaml.safe_load(record.read_text()) or []] if record.exists() else None
+
+
+def finished_run(run_dir: Path, overrides: list[str] | None = None) -> Path | None:
     """The experiment folder of a run that finished in ``run_dir`` (it saved its learning
-    curve), else None."""
+    curve), else None. With ``overrides``, only a run made with exactly these overrides (in any
+    order) counts as finished: a changed command runs again instead of reusing a stale result."""
     finished = [p for p in _experiment_folders(run_dir) if (p / "learning_curve.png").exists()]
-    return finished[0] if len(finished) == 1 else None
+    if len(finished) != 1:
+        return None
+    if overrides is not None and sorted(run_overrides(run_dir) or []) != sorted(overrides):
+        return None
+    return finished[0]
 
 
 def run_many(runs: list[tuple[str, list[str]]], runs_dir: Path, jobs: int = 1, launcher: str | None = None,
              launcher_options: tuple[str, ...] = ()) -> list[Path]:
     """``(name, overrides)`` runs through Hydra; returns their experiment folders in order.
 
-    Runs already finished under ``runs_dir`` are reused; the others (an unfinished one is started
-    afresh) go in one ``benchmarl run -m hydra/sweeper=magpo_runs`` to the launcher ``launcher``
+    Runs already finished under ``runs_dir`` with the same overrides are reused; the others (an
+    unfinished one, or one made with other overrides, is started afresh) go in one
+    ``benchmarl run -m hydra/sweeper=magpo_runs`` to the launcher ``launcher``
     (``conf/hydra/launcher``, e.g. ``magpo_slurm``, with ``launcher_options`` as
     ``hydra.launcher.<key>=<value>``). Without one: ``magpo_local`` with ``jobs`` runs at once
     (each its own process with one torch thread: these small networks gain little from intra-op
@@ -57,10 +72,13 @@ def run_many(runs: list[tuple[str, list[str]]], runs_dir: Path, jobs: int = 1, l
     to ``runs_dir/multirun.log``."""
     todo = []
     for name, overrides in runs:
-        reused = finished_run(runs_dir / name)
+        reused = finished_run(runs_dir / name, overrides)
         if reused is None:
             todo.append((name, overrides))
-        print(f"{name}: {'to run' if reused is None else f'reusing {reused}'}", flush=True)
+            stale = finished_run(runs_dir / name) is not None
+            print(f"{name}: {'to run again (its overrides changed)' if stale else 'to run'}", flush=True)
+        else:
+            print(f"{name}: reusing {reused}", flush=True)
     if todo:
         for name, _ in todo:
             shutil.rmtree(runs_dir / name, ignore_errors=True)
@@ -75,7 +93,7 @@ def run_many(runs: list[tuple[str, list[str]]], runs_dir: Path, jobs: int = 1, l
         print(f"{len(todo)} runs: {' '.join(command[1:])} (log: {runs_dir / 'multirun.log'})", flush=True)
         with (runs_dir / "multirun.log").open("w") as log:
             subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)  # what failed is named below
-    folders = [finished_run(runs_dir / name) for name, _ in runs]
+    folders = [finished_run(runs_dir / name, overrides) for name, overrides in runs]
     missing = [name for (name, _), folder in zip(runs, folders) if folder is None]
     if missing:
         raise RuntimeError(f"{len(missing)} runs did not finish: {', '.join(missing)} (see {runs_dir / 'multirun.log'})")

@@ -4,6 +4,7 @@ conf/hydra/launcher, and TensorBoard through BenchMARL's logger. Tiny sizes."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -107,6 +108,37 @@ def test_benchmark_runs_go_through_a_launcher_and_finished_ones_are_reused(tmp_p
     assert "seed: 3" in (folders[0].parent / ".hydra" / "config.yaml").read_text()  # the run's own overrides
     monkeypatch.setattr(runs_common.subprocess, "run", lambda *a, **k: pytest.fail("launched a finished run"))
     assert runs_common.run_many(runs, tmp_path, jobs=2) == folders
+    # a run whose overrides changed is not reused: it alone goes to the launcher again
+    launched = []
+    monkeypatch.setattr(runs_common.subprocess, "run", lambda command, **k: launched.append(command))
+    changed = [runs[0], ("balance_mappo", ["algorithm=mappo", "seed=1", *TINY])]
+    with pytest.raises(RuntimeError, match=r"1 runs did not finish: balance_mappo"):
+        runs_common.run_many(changed, tmp_path, jobs=2)
+    assert len(launched) == 1
+    assert [r["name"] for r in json.loads((tmp_path / "runs.json").read_text())] == ["balance_mappo"]
+    assert (folders[0] / "learning_curve.png").exists()
+
+
+def test_magpo_vs_mappo_reports_the_absolute_metric(tmp_path):
+    """benchmarks/magpo_vs_mappo.py end to end at tiny sizes, 2 seeds, with --absolute-episodes:
+    every run re-evaluates its best evaluation, and the task's table has the column."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the launchers extra (part of the test extra) is missing")
+    pytest.importorskip("rliable", reason="the report extra (part of the test extra) is missing")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import magpo_vs_mappo
+
+    sizes = [o for o in TINY if not o.startswith(("task=", "experiment="))]
+    magpo_vs_mappo.main(["--seeds", "2", "--tasks", "vmas/balance", "--magpo", "magpo", "--jobs", "2",
+                         "--absolute-episodes", "3", "--out", str(tmp_path), *sizes])
+    report = (tmp_path / "magpo_vs_mappo.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| policy"))
+    assert "| absolute metric | per seed |" in header
+    rows = [line for line in report.splitlines() if line.startswith(("| MAPPO", "| magpo learner"))]
+    assert len(rows) == 2 and all(len(row.split("|")) == len(header.split("|")) for row in rows)
+    assert "--absolute-episodes 3" in report and "on 3 episodes" in report
+    for run in (tmp_path / "runs").glob("*_seed*"):
+        assert "absolute_metric_episodes=3" in (run / ".hydra" / "overrides.yaml").read_text()
+    assert (tmp_path / "magpo_vs_mappo_protocol.md").exists()
 
 
 def test_a_failed_benchmark_run_is_named(tmp_path):
