@@ -3,6 +3,7 @@
     python benchmarks/throughput.py --repeats 2           # ~30 min on 2 cores; nothing else may run
     python benchmarks/throughput.py --iterations 4 --tasks coordsum --profile
     python benchmarks/throughput.py --threads 2 --guiders anchored --out benchmarks/results/throughput_2threads
+    python benchmarks/throughput.py --guiders anchored --compile --out benchmarks/results/compile
 
 Each run is ``benchmarl run`` in a fresh process (so start-up and peak memory are its own), with
 evaluation and checkpoints off, one after the other: MAPPO, then each of ``--guiders``. Tasks:
@@ -14,7 +15,9 @@ evaluation and checkpoints off, one after the other: MAPPO, then each of ``--gui
 
 Reported per algorithm: median collection, training and total seconds per iteration (iterations
 after the first), frames/s, the ratio of total time to MAPPO's on the same task, start-up seconds
-(process start to the first iteration) and peak resident memory. ``--repeats R`` runs every
+(process start to the first iteration), the first iteration's seconds and peak resident memory.
+``--compile`` runs every algorithm a second time with ``compile_networks=true`` (its ratio is to
+MAPPO's compiled run; the compilation falls in the first iteration). ``--repeats R`` runs every
 algorithm R times in rotated order and reports medians over the runs, the ratio taken within each
 repeat: on a shared 2-core machine one run's timing drifts by tens of percent. ``--profile``
 adds a cProfile of MAGPO's training (BenchMARL's optimizer loop only) on CoordSum with the
@@ -77,6 +80,7 @@ def run(overrides: list[str], run_dir: Path, threads: int) -> dict:
     for key in ("collection", "training", "iteration"):
         per_iteration = read_scalar(folder, f"timers_{key}_time")
         cell[key] = statistics.median(v for step, v in per_iteration.items() if step > 0)
+    cell["first"] = read_scalar(folder, "timers_iteration_time")[0]
     cell["startup"] = float(marks["LOOP_START"]) - started
     cell["peak_mb"] = int(marks["PEAK_RSS_KB"]) / 1024
     return cell
@@ -125,6 +129,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (the command's default: 1)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of every algorithm, >= 1, in rotated order")
     parser.add_argument("--guiders", default=",".join(GUIDERS), help=f"comma-separated MAGPO guiders, from {list(GUIDERS)}")
+    parser.add_argument("--compile", action="store_true", help="also every algorithm with compile_networks=true")
     parser.add_argument("--profile", action="store_true", help="also profile MAGPO training on CoordSum")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
@@ -147,6 +152,8 @@ def main() -> None:
                   f"algorithm.guider_memory={'gru' if guider.endswith('+memory') else 'none'}"])
                 for guider in guiders
             ]
+            if args.compile:
+                algorithms += [(f"{name} compiled", [*algorithm, "compile_networks=true"]) for name, algorithm in algorithms]
             cells: dict[str, list[dict]] = {name: [] for name, _ in algorithms}
             for repeat in range(args.repeats):  # the order rotated, so that drift hits every algorithm alike
                 shift = repeat % len(algorithms)
@@ -156,7 +163,8 @@ def main() -> None:
                     print(task, name, repeat, {k: round(v, 3) for k, v in cell.items()}, flush=True)
             for name, _ in algorithms:
                 # per repeat, the ratio to MAPPO's run of the same repeat; medians over repeats
-                ratios = [c["iteration"] / m["iteration"] for c, m in zip(cells[name], cells["MAPPO"])]
+                mappo = cells["MAPPO compiled" if name.endswith(" compiled") else "MAPPO"]
+                ratios = [c["iteration"] / m["iteration"] for c, m in zip(cells[name], mappo)]
                 cell = {key: statistics.median(c[key] for c in cells[name]) for key in cells[name][0]}
                 cell["ratio"] = statistics.median(ratios)
                 cell["ratios"] = ratios
@@ -172,16 +180,18 @@ def main() -> None:
         "order, and the median over them (total vs MAPPO: the median over repeats of the ratio to MAPPO's run of the "
         "same repeat; each repeat's ratio in parentheses). Evaluation and checkpoints off. coordsum: CoordSum-3x10, "
         "8,192 frames per iteration, 10 epochs x 8 minibatches (the authors' tuned settings), MAGPO "
-        "`magpo_coordsum_3x10`. balance: vmas/balance, `experiment=cpu` (3,000 frames, 4 x 2), MAGPO `magpo`.",
+        "`magpo_coordsum_3x10`. balance: vmas/balance, `experiment=cpu` (3,000 frames, 4 x 2), MAGPO `magpo`."
+        + (" Rows marked compiled: `compile_networks=true`, their ratio to MAPPO compiled; the compilation is in "
+           "the first iteration." if args.compile else ""),
         "",
-        "| task | algorithm | collection s | training s | total s | frames/s | total vs MAPPO | start-up s | peak MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| task | algorithm | collection s | training s | total s | frames/s | total vs MAPPO | start-up s | first iteration s | peak MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for task, name, cell in rows:
         each = f" ({', '.join(f'{r:.2f}' for r in cell['ratios'])})" if args.repeats > 1 else ""
         lines.append(
             f"| {task} | {name} | {cell['collection']:.2f} | {cell['training']:.2f} | {cell['iteration']:.2f} | "
-            f"{cell['frames_per_s']:,.0f} | {cell['ratio']:.2f}x{each} | {cell['startup']:.1f} | {cell['peak_mb']:,.0f} |"
+            f"{cell['frames_per_s']:,.0f} | {cell['ratio']:.2f}x{each} | {cell['startup']:.1f} | {cell['first']:.1f} | {cell['peak_mb']:,.0f} |"
         )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "throughput.md").write_text("\n".join(lines) + "\n")

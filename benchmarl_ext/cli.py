@@ -60,6 +60,7 @@ def build_experiment(cfg, task_name: str, callbacks=()):
         config=load_experiment_config_from_hydra(cfg.experiment),
         callbacks=list(callbacks),
         absolute_metric_episodes=cfg.get("absolute_metric_episodes", 0),
+        compile_networks=cfg.get("compile_networks", False),
     )
 
 

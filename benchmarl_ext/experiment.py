@@ -22,6 +22,8 @@ behaviour MAGPO needs, and the checks and resume guarantees every run deserves
   logged as ``train/<group>/delta`` and is saved in checkpoints.
 * ``algorithm.agent_order=per_epoch``: a new training order at every PPO epoch, through the
   ``on_batch_collected`` and ``on_train_step`` callbacks.
+* ``compile_networks=true``: ``torch.compile`` of every feed-forward network of the policies and
+  critics (:func:`compile_feed_forward`), for any algorithm.
 * The absolute metric (``absolute_metric_episodes=N``, the field's protocol, Gorsane et al. 2022):
   the parameters of the best evaluation seen during training (for MAGPO the learner's) are kept,
   in checkpoints too, and at the end of the run evaluated again on N episodes; logged as
@@ -160,6 +162,29 @@ def episode_returns(rollouts: List[TensorDictBase], group: str) -> torch.Tensor:
     return torch.stack(returns)
 
 
+def _is_feed_forward(module: torch.nn.Module) -> bool:
+    """An ``nn.Sequential`` (torchrl's ``MLP`` is one) of Linear layers and element-wise layers only."""
+    elementwise = (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.Dropout, torch.nn.Identity)
+    return isinstance(module, torch.nn.Sequential) and len(module) > 0 and all(
+        isinstance(layer, elementwise) or type(layer).__module__ == "torch.nn.modules.activation" for layer in module
+    )
+
+
+def compile_feed_forward(networks: List[torch.nn.Module]) -> int:
+    """``torch.compile`` in place every feed-forward stack inside ``networks`` (each stack once)
+    and return how many there were. ``nn.Module.compile`` keeps the parameters and their
+    state_dict keys, so optimizers, TorchRL's functional parameter swaps and checkpoints are
+    unaffected. The tensor arithmetic of those stacks (forward and backward) is what compiles
+    without graph breaks; the TensorDict plumbing around them stays eager."""
+    seen = set()
+    for network in networks:
+        for module in network.modules():
+            if id(module) not in seen and _is_feed_forward(module):
+                seen.add(id(module))
+                module.compile()
+    return len(seen)
+
+
 class MagpoExperiment(Experiment):
     """A BenchMARL ``Experiment`` that any algorithm can use; MAGPO requires it.
 
@@ -171,8 +196,11 @@ class MagpoExperiment(Experiment):
     evaluates_learner = True  # what Magpo checks: eval/... comes from the decentralized learner
 
     def __init__(self, task, algorithm_config, model_config, seed, config, critic_model_config=None, callbacks=None,
-                 absolute_metric_episodes: int = 0):
+                 absolute_metric_episodes: int = 0, compile_networks: bool = False):
         check_experiment_config(config, algorithm_config.on_policy())
+        if not isinstance(compile_networks, bool):
+            raise ValueError(f"compile_networks must be true or false, got {compile_networks!r}")
+        self.compile_networks = compile_networks
         if isinstance(absolute_metric_episodes, bool) or not isinstance(absolute_metric_episodes, int) or absolute_metric_episodes < 0:
             raise ValueError(
                 f"absolute_metric_episodes must be an integer >= 0 (0: off; the protocol's 10 x experiment."
@@ -207,6 +235,12 @@ class MagpoExperiment(Experiment):
 
     def _setup_algorithm(self):
         super()._setup_algorithm()
+        if self.compile_networks:
+            # every algorithm's networks alike (MAPPO's too), so that comparisons stay fair
+            # TorchRL losses hold their networks as plain attributes (their parameters are
+            # registered apart, for the functional calls): actor, critic, value, mixer networks...
+            networks = [v for loss in self.losses.values() for v in vars(loss).values() if isinstance(v, torch.nn.Module)]
+            compile_feed_forward(networks)  # the collection and evaluation policies are these modules too
         if isinstance(self.algorithm, Magpo) and self.algorithm.guider_lr is not None:
             # BenchMARL gives every optimizer experiment.lr; the guider may learn at its own rate.
             for optimizers in self.optimizers.values():

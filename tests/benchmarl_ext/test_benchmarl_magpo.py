@@ -196,6 +196,50 @@ def test_checkpoint_holds_everything_and_resume_continues(tmp_path):
     assert resumed.n_iters_performed == 3 and resumed.total_frames == 240
 
 
+def test_compiled_networks_compute_the_eager_losses_and_gradients(tmp_path):
+    """compile_feed_forward compiles, in place, every feed-forward stack of the guider (its
+    correction), the learner and the critic, keeping the state_dict keys; on one collected batch
+    the losses and every parameter's gradient equal the eager ones up to float rounding."""
+    experiment = make_experiment(tmp_path, ["algorithm=magpo", "experiment.evaluation=false"])
+    loss = experiment.losses["agents"]
+    batch = experiment.algorithm.process_batch("agents", next(iter(experiment.collector)).clone()).reshape(-1)
+    params = [p for p in loss.parameters() if p.requires_grad]
+
+    def losses_and_gradients():
+        torch.manual_seed(0)  # the entropy of a TanhNormal is estimated from samples
+        out = loss(batch.clone())
+        total = sum(out[k] for k in ("loss_guider", "loss_entropy", "loss_learner", "loss_critic"))
+        return [out[k].detach() for k in ("loss_guider", "loss_learner", "loss_critic")], torch.autograd.grad(total, params, allow_unused=True)
+
+    keys = loss.state_dict().keys()
+    eager = losses_and_gradients()
+    networks = [loss.actor_network, loss.learner_network, loss.critic_network]
+    assert experiment_module.compile_feed_forward(networks) == 3
+    assert loss.state_dict().keys() == keys
+
+    def compiled_in(policy):
+        return sum(getattr(m, "_compiled_call_impl", None) is not None for m in policy.modules())
+
+    # collection (the guider: its correction, on the learner's network, which it holds by reference)
+    # and evaluation (the learner) run these same modules
+    assert compiled_in(experiment.policy) == 1 and compiled_in(experiment.algorithm.get_learner_policy()) == 1
+    assert compiled_in(experiment.algorithm._guider_cores["agents"].base_module()) == 1
+    compiled = losses_and_gradients()
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
+    assert sum(g is not None for g in eager[1]) >= 12  # every layer's weight and bias, of all three networks
+    for got, expected in zip(compiled[1], eager[1]):
+        assert (got is None) == (expected is None)
+        if expected is not None:
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_networks_through_the_command(tmp_path):
+    """compile_networks=true: a run trains and evaluates with every feed-forward stack compiled."""
+    folder = run_command(tmp_path, ["algorithm=magpo", "compile_networks=true"])
+    assert all(math.isfinite(v) for v in read_scalar(folder, "eval_reward_episode_reward_mean").values())
+    assert "compile_networks: true" in (folder.parent / ".hydra" / "config.yaml").read_text()
+
+
 @pytest.mark.parametrize("algorithm", ["magpo", "mappo"])
 def test_absolute_metric_reevaluates_the_best_evaluation_and_writes_the_json(tmp_path, algorithm, monkeypatch):
     overrides = [f"algorithm={algorithm}", *(SMALL_GUIDER if algorithm == "magpo" else []),

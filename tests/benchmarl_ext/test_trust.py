@@ -287,6 +287,7 @@ BAD_VALUES = [
     (["absolute_metric_episodes=-1"], "absolute_metric_episodes"),
     (["absolute_metric_episodes=2.5"], "absolute_metric_episodes"),
     (["absolute_metric_episodes=8", "experiment.evaluation=false"], "absolute_metric_episodes"),
+    (["compile_networks=2"], "compile_networks"),
     (["task.memory=global"], "task.memory"),  # task.* rows run on coordsum/3x10
     (["task.n_agents=1"], "task.n_agents"),
     (["task.time_limit=0"], "task.time_limit"),
