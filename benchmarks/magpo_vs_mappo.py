@@ -22,7 +22,10 @@ Writes to ``--out``:
   with ``--absolute-episodes N``, also the protocol's absolute metric of every run (its best
   evaluation's parameters evaluated again on N episodes at the end, ``absolute_metric_episodes``);
 * ``magpo_vs_mappo_<task>.png``: evaluation return against frames, mean and 95% CI;
-* ``magpo_vs_mappo_curves.csv``: every evaluation point of every run;
+* ``magpo_vs_mappo_curves.csv``: every evaluation point of every run, read from BenchMARL's csv
+  logs. Not from its marl-eval json: that names a run by algorithm class, task and seed only, so
+  two presets of one algorithm (``magpo`` and ``magpo+algorithm.lmbda=0.9``) would merge there.
+  The values are the same (tests/benchmarl_ext/test_scale_out.py compares them);
 * ``magpo_vs_mappo_protocol.md``/``.png``: the field's protocol across tasks (``protocol.py``):
   IQM of min-max normalised returns, probability of improvement of the first ``--magpo`` preset
   over each other algorithm, sample-efficiency curves.
