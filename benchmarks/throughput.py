@@ -17,7 +17,7 @@ Reported per algorithm: median collection, training and total seconds per iterat
 after the first), frames/s, the ratio of total time to MAPPO's on the same task, start-up seconds
 (process start to the first iteration), the first iteration's seconds and peak resident memory.
 ``--compile`` runs every algorithm a second time with ``compile_networks=true`` (its ratio is to
-MAPPO's compiled run; the compilation falls in the first iteration). ``--repeats R`` runs every
+MAPPO's compiled run; the compilation adds to start-up and the first iteration). ``--repeats R`` runs every
 algorithm R times in rotated order and reports medians over the runs, the ratio taken within each
 repeat: on a shared 2-core machine one run's timing drifts by tens of percent. ``--profile``
 adds a cProfile of MAGPO's training (BenchMARL's optimizer loop only) on CoordSum with the
@@ -181,8 +181,8 @@ def main() -> None:
         "same repeat; each repeat's ratio in parentheses). Evaluation and checkpoints off. coordsum: CoordSum-3x10, "
         "8,192 frames per iteration, 10 epochs x 8 minibatches (the authors' tuned settings), MAGPO "
         "`magpo_coordsum_3x10`. balance: vmas/balance, `experiment=cpu` (3,000 frames, 4 x 2), MAGPO `magpo`."
-        + (" Rows marked compiled: `compile_networks=true`, their ratio to MAPPO compiled; the compilation is in "
-           "the first iteration." if args.compile else ""),
+        + (" Rows marked compiled: `compile_networks=true`, their ratio to MAPPO compiled; the compilation adds to "
+           "start-up and the first iteration." if args.compile else ""),
         "",
         "| task | algorithm | collection s | training s | total s | frames/s | total vs MAPPO | start-up s | first iteration s | peak MB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
