@@ -214,6 +214,7 @@ def test_compiled_networks_compute_the_eager_losses_and_gradients(tmp_path):
     keys = loss.state_dict().keys()
     eager = losses_and_gradients()
     networks = [loss.actor_network, loss.learner_network, loss.critic_network]
+    assert not any(getattr(m, "_compiled_call_impl", None) is not None for n in networks for m in n.modules())  # off by default
     assert experiment_module.compile_feed_forward(networks) == 3
     assert loss.state_dict().keys() == keys
 
@@ -233,11 +234,17 @@ def test_compiled_networks_compute_the_eager_losses_and_gradients(tmp_path):
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
-def test_compile_networks_through_the_command(tmp_path):
-    """compile_networks=true: a run trains and evaluates with every feed-forward stack compiled."""
-    folder = run_command(tmp_path, ["algorithm=magpo", "compile_networks=true"])
-    assert all(math.isfinite(v) for v in read_scalar(folder, "eval_reward_episode_reward_mean").values())
-    assert "compile_networks: true" in (folder.parent / ".hydra" / "config.yaml").read_text()
+@pytest.mark.parametrize("algorithm, stacks", [("magpo", 3), ("mappo", 2)])
+def test_compile_networks_from_the_config(tmp_path, algorithm, stacks):
+    """compile_networks=true compiles every algorithm's stacks (MAGPO: guider correction, learner,
+    critic; MAPPO: actor, critic) and the run trains and evaluates with them."""
+    experiment = make_experiment(tmp_path, [f"algorithm={algorithm}", "compile_networks=true"])
+    loss = experiment.losses["agents"]
+    networks = [v for v in vars(loss).values() if isinstance(v, torch.nn.Module)]
+    compiled = {id(m) for n in networks for m in n.modules() if getattr(m, "_compiled_call_impl", None) is not None}
+    assert len(compiled) == stacks
+    experiment.run()
+    assert all(math.isfinite(v) for v in read_scalar(Path(experiment.folder_name), "eval_reward_episode_reward_mean").values())
 
 
 @pytest.mark.parametrize("algorithm", ["magpo", "mappo"])
