@@ -28,15 +28,22 @@ TINY = [
 ]
 
 
-def test_joblib_multirun_runs_two_jobs_in_parallel_processes(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the launchers extra (part of the test extra) is missing")
-    cli.main(["run", "-m", "hydra/launcher=magpo_local", "hydra.launcher.n_jobs=2", "algorithm=magpo,mappo", *TINY,
-              "experiment.create_json=true", f"hydra.sweep.dir={tmp_path}"])
-    folders = sorted(p for job in ("0", "1") for p in (tmp_path / job).iterdir() if p.is_dir() and not p.name.startswith("."))
+def finished_magpo_and_mappo_runs(sweep_dir: Path) -> list[Path]:
+    """The experiment folders of a two-job ``algorithm=magpo,mappo`` multirun, checked to hold both
+    evaluations of a TINY run with finite returns."""
+    folders = sorted(p for job in ("0", "1") for p in (sweep_dir / job).iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [f.name.split("_")[0] for f in folders] == ["magpo", "mappo"]
     for folder in folders:
         values = read_scalar(folder, "eval_reward_episode_reward_mean")
         assert len(values) == 2 and all(math.isfinite(v) for v in values.values())
+    return folders
+
+
+def test_joblib_multirun_runs_two_jobs_in_parallel_processes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the launchers extra (part of the test extra) is missing")
+    cli.main(["run", "-m", "hydra/launcher=magpo_local", "hydra.launcher.n_jobs=2", "algorithm=magpo,mappo", *TINY,
+              "experiment.create_json=true", f"hydra.sweep.dir={tmp_path}"])
+    folders = finished_magpo_and_mappo_runs(tmp_path)
     # the multirun's BenchMARL json files are what the evaluation protocol reads; MAGPO's are its learner's
     if importlib.util.find_spec("rliable") is not None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -48,8 +55,26 @@ def test_joblib_multirun_runs_two_jobs_in_parallel_processes(tmp_path):
         assert curves["vmas/balance"]["magpo"][0] == pytest.approx([learner[k] for k in sorted(learner)], rel=1e-5)
 
 
+def test_ray_multirun_runs_two_jobs_as_ray_tasks(tmp_path):
+    """The magpo_ray preset with ``address=null``: Ray starts a local instance here, and each run is a
+    Ray task with one CPU, no GPU and one torch thread (the preset's 8 would oversubscribe 2 cores)."""
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the ray extra (part of the test extra) is missing")
+    import ray
+
+    try:
+        cli.main(["run", "-m", "hydra/launcher=magpo_ray", "hydra.launcher.ray.init.address=null",
+                  "+hydra.launcher.ray.init.num_cpus=2", "+hydra.launcher.ray.init.include_dashboard=false",
+                  "hydra.launcher.ray.init.runtime_env.env_vars.MAGPO_NUM_THREADS='1'",
+                  "hydra.launcher.ray.remote.num_gpus=0", "hydra.launcher.ray.remote.num_cpus=1",
+                  "algorithm=magpo,mappo", *TINY, f"hydra.sweep.dir={tmp_path}"])
+    finally:
+        ray.shutdown()
+    finished_magpo_and_mappo_runs(tmp_path)
+
+
 @pytest.mark.parametrize("launcher, module", [("magpo_local", "hydra_joblib_launcher"),
-                                              ("magpo_slurm", "hydra_submitit_launcher")])
+                                              ("magpo_slurm", "hydra_submitit_launcher"),
+                                              ("magpo_ray", "hydra_ray_launcher")])
 def test_launcher_presets_compose(launcher, module):
     pytest.importorskip(f"hydra_plugins.{module}")
     with initialize_config_module(config_module="benchmarl_ext.conf", version_base=None):
@@ -60,6 +85,10 @@ def test_launcher_presets_compose(launcher, module):
     if launcher == "magpo_slurm":  # one GPU run per job, threads matched to its CPUs
         assert (settings.gpus_per_node, settings.cpus_per_task) == (1, 8)
         assert settings.setup == ["export MAGPO_NUM_THREADS=8"]
+    if launcher == "magpo_ray":  # a running cluster, one GPU run per task, threads matched to its CPUs
+        assert settings.ray.init.address == "auto"
+        assert (settings.ray.remote.num_gpus, settings.ray.remote.num_cpus) == (1, 8)
+        assert settings.ray.init.runtime_env.env_vars == {"MAGPO_NUM_THREADS": "8"}
 
 
 @pytest.mark.parametrize("option, package, extra", [("hydra/launcher=magpo_ray", "hydra-ray-launcher", "ray"),
