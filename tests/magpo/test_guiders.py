@@ -13,6 +13,7 @@ from tensordict.nn import (
 )
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MaskedCategorical, TanhNormal
+from torchrl.objectives import ClipPPOLoss
 
 from magpo import GuiderClipLoss, LearnerKLPPOLoss, LossOptions
 from magpo.guiders import AnchoredGuider, ResidualGuider, TransformerGuider, make_guider, make_guider_policies
@@ -284,17 +285,7 @@ def test_loss_hands_the_anchored_guider_its_learner_output_with_the_same_result(
     """The loss runs the learner once per forward and gives its output to the anchored guider as
     the base; losses and gradients are bit-identical to the guider running the learner itself."""
     core, learner_net, for_loss, for_collection = build("anchored", continuous)
-    if continuous:
-        learner = ProbabilisticTensorDictSequential(
-            learner_net, TensorDictModule(NormalParamExtractor(), [("agents", "logits")], [("agents", "loc"), ("agents", "scale")]),
-            ProbabilisticTensorDictModule(in_keys={"loc": ("agents", "loc"), "scale": ("agents", "scale")},
-                                          out_keys=[("agents", "action")], distribution_class=TanhNormal),
-        )
-    else:
-        learner = ProbabilisticTensorDictSequential(
-            learner_net, ProbabilisticTensorDictModule(in_keys={"logits": ("agents", "logits"), "mask": ("agents", "action_mask")},
-                                                       out_keys=[("agents", "action")], distribution_class=MaskedCategorical),
-        )
+    learner = _learner_over(learner_net, continuous)
     data = batch()
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
         for_collection(data)
@@ -336,9 +327,58 @@ def test_loss_does_not_share_with_an_anchored_guider_over_another_network():
     assert guided_loss(for_loss, learner)._anchored_cores == ()
 
 
-def guided_loss(guider, learner):
+@pytest.mark.parametrize("continuous", [False, True])
+def test_learner_update_is_ppo_while_the_anchored_correction_is_zero(continuous):
+    """While mu == pi (zero correction), the learner's imitation KL has zero gradient and its
+    lambda x PPO term on pi / mu_old is TorchRL's ClipPPOLoss: with aux_coef 1, MAGPO's learner
+    takes MAPPO's step. Checked after a learner update moved pi off the collecting policy, so
+    ratios differ from 1 and some are clipped."""
+    core, learner_net, for_loss, for_collection = build("anchored", continuous)
+    core._zero_correction()
+    learner = _learner_over(learner_net, continuous)
+    data = batch()
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        for_collection(data)
+        for p in learner_net.parameters():  # pi moves off mu_old; the guider follows it
+            p.add_(0.3 * torch.randn_like(p))
+    data["agents", "advantage"] = torch.randn(BATCH, AGENTS, 1, generator=torch.Generator().manual_seed(1))
+
+    def learner_grads(loss, key):
+        for p in learner_net.parameters():
+            p.grad = None
+        out = loss(data.clone())
+        out[key].backward()
+        return out, [p.grad.clone() for p in learner_net.parameters()]
+
+    magpo = guided_loss(for_loss, learner, normalize_advantage=False)
+    ppo = ClipPPOLoss(learner, clip_epsilon=0.2, entropy_bonus=False, normalize_advantage=False)
+    ppo.set_keys(action=("agents", "action"), sample_log_prob=("agents", "log_prob"), advantage=("agents", "advantage"))
+    out, magpo_grads = learner_grads(magpo, "loss_learner")
+    ppo_out, ppo_grads = learner_grads(ppo, "loss_objective")
+    assert out["learner_kl"].abs().item() < 1e-6
+    assert 0 < out["learner_clip_fraction"].item() < 1  # the test reaches both sides of the clip
+    torch.testing.assert_close(out["loss_learner"], ppo_out["loss_objective"], rtol=1e-5, atol=1e-6)
+    for mine, theirs in zip(magpo_grads, ppo_grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+
+
+def _learner_over(learner_net, continuous):
+    """The decentralized learner policy over ``learner_net``'s parameters."""
+    if continuous:
+        return ProbabilisticTensorDictSequential(
+            learner_net, TensorDictModule(NormalParamExtractor(), [("agents", "logits")], [("agents", "loc"), ("agents", "scale")]),
+            ProbabilisticTensorDictModule(in_keys={"loc": ("agents", "loc"), "scale": ("agents", "scale")},
+                                          out_keys=[("agents", "action")], distribution_class=TanhNormal),
+        )
+    return ProbabilisticTensorDictSequential(
+        learner_net, ProbabilisticTensorDictModule(in_keys={"logits": ("agents", "logits"), "mask": ("agents", "action_mask")},
+                                                   out_keys=[("agents", "action")], distribution_class=MaskedCategorical),
+    )
+
+
+def guided_loss(guider, learner, **kwargs):
     """The guider and learner halves of MAGPO in one loss (no critic: the batch holds the advantage)."""
-    loss = _BothSides(guider, learner, options=LossOptions(delta=1.5, aux_coef=1.0))
+    loss = _BothSides(guider, learner, options=LossOptions(delta=1.5, aux_coef=1.0), **kwargs)
     loss.set_keys(action=("agents", "action"), sample_log_prob=("agents", "log_prob"), advantage=("agents", "advantage"))
     return loss
 
