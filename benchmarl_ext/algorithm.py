@@ -57,8 +57,8 @@ class Magpo(Mappo):
     Args (besides MAPPO's, see :class:`MagpoConfig` for the meaning of each field):
         loss_options: the loss hyperparameters, built and validated once by the config.
         delta_schedule: how delta adapts between iterations (``delta: auto``), or None (fixed).
-        guider, guider_memory, guider_embed_dim, guider_heads, guider_layers, guider_lr, agent_order,
-        backtrack, normalize_advantage, clip_value.
+        guider, guider_memory, guider_embed_dim, guider_heads, guider_layers, guider_lr,
+        guider_warmup_frames, agent_order, backtrack, normalize_advantage, clip_value.
     """
 
     def __init__(
@@ -71,6 +71,7 @@ class Magpo(Mappo):
         guider_heads: int,
         guider_layers: int,
         guider_lr: Optional[float],
+        guider_warmup_frames: int,
         agent_order: str,
         backtrack: bool,
         normalize_advantage: bool,
@@ -96,6 +97,7 @@ class Magpo(Mappo):
         self.guider_heads = guider_heads
         self.guider_layers = guider_layers
         self.guider_lr = guider_lr
+        self.guider_warmup_frames = guider_warmup_frames
         self.agent_order = agent_order
         self.backtrack_enabled = backtrack
         self.normalize_advantage = normalize_advantage
@@ -243,6 +245,7 @@ class MagpoConfig(MappoConfig):
     guider_heads: int = 4
     guider_layers: int = 1
     guider_lr: Optional[float] = None
+    guider_warmup_frames: int = 0
     agent_order: str = "random"
     backtrack: bool = False
     normalize_advantage: bool = True
@@ -296,6 +299,15 @@ class MagpoConfig(MappoConfig):
             )
         if self.guider_lr is not None and not (isinstance(self.guider_lr, (int, float)) and 0 < self.guider_lr < 1):
             raise ValueError(f"algorithm.guider_lr must be in (0, 1) or null (the experiment's lr), got {self.guider_lr!r}")
+        warmup = self.guider_warmup_frames
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"algorithm.guider_warmup_frames must be an integer >= 0 (0: off), got {warmup!r}")
+        if warmup and self.guider != "anchored":
+            # only the anchored guider is the learner while its correction is held at zero
+            raise ValueError(
+                f"algorithm.guider_warmup_frames > 0 needs algorithm.guider=anchored (the guider that equals the "
+                f"learner while it is not trained), got guider={self.guider!r}"
+            )
         if self.clip_value is not None and not self.clip_value > 0:
             raise ValueError(f"algorithm.clip_value must be > 0 or null, got {self.clip_value}")
         if not self.entropy_coef >= 0:

@@ -22,6 +22,9 @@ behaviour MAGPO needs, and the checks and resume guarantees every run deserves
   logged as ``train/<group>/delta`` and is saved in checkpoints.
 * ``algorithm.agent_order=per_epoch``: a new training order at every PPO epoch, through the
   ``on_batch_collected`` and ``on_train_step`` callbacks.
+* ``algorithm.guider_warmup_frames=N``: the anchored guider's correction is not trained while
+  the run has collected at most N frames (its optimizer's learning rate is 0 in those
+  iterations), through the ``on_batch_collected`` callback.
 * ``compile_networks=true``: ``torch.compile`` of every feed-forward network of the policies and
   critics (:func:`compile_feed_forward`), for any algorithm.
 * The absolute metric (``absolute_metric_episodes=N``, the field's protocol, Gorsane et al. 2022):
@@ -74,6 +77,27 @@ class AdaptiveDelta(Callback):
         observed = training_td.get("learner_kl").mean().item()
         loss.options = replace(loss.options, delta=algorithm.delta_schedule.next_delta(used, observed))
         self.experiment.logger.log({f"train/{group}/delta": used}, step=self.experiment.n_iters_performed)
+
+
+class GuiderWarmup(Callback):
+    """``algorithm.guider_warmup_frames=N``: before each training iteration, the guider's
+    optimizer gets learning rate 0 while the frames collected so far (this batch included) are
+    at most N, and its own rate (``algorithm.guider_lr``, else ``experiment.lr``) after. The
+    anchored guider's correction then stays exactly zero, so mu = pi and the learner's update is
+    MAPPO's clipped PPO on its own samples. Adam's moments still accumulate while the rate is 0,
+    so the first real steps are not cold-started. Set from the frame count at every batch, so a
+    resumed run gets the same rates."""
+
+    def on_batch_collected(self, batch: TensorDictBase) -> None:
+        experiment = self.experiment
+        algorithm = experiment.algorithm
+        if not isinstance(algorithm, Magpo) or not algorithm.guider_warmup_frames:
+            return
+        warming = experiment.total_frames <= algorithm.guider_warmup_frames
+        rate = 0.0 if warming else (algorithm.guider_lr if algorithm.guider_lr is not None else experiment.config.lr)
+        for optimizers in experiment.optimizers.values():
+            for param_group in optimizers["loss_guider"].param_groups:
+                param_group["lr"] = rate
 
 
 class PerEpochAgentOrder(Callback):
@@ -225,7 +249,7 @@ class MagpoExperiment(Experiment):
         )
         self._resume_rng = None
         callbacks = list(callbacks or [])
-        for needed in (GuiderBacktrack, PerEpochAgentOrder, AdaptiveDelta):
+        for needed in (GuiderBacktrack, GuiderWarmup, PerEpochAgentOrder, AdaptiveDelta):
             if not any(isinstance(c, needed) for c in callbacks):
                 callbacks.append(needed())
         self._best = BestEvaluation() if absolute_metric_episodes else None

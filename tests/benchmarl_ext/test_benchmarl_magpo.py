@@ -169,6 +169,35 @@ def test_anchored_guider_reads_the_trained_learner_and_learns_at_its_own_rate(tm
     torch.testing.assert_close(g.scale, l.scale, rtol=0, atol=0)
 
 
+class _GuiderRecorder(experiment_module.Callback):
+    """After every training iteration: the guider optimizer's rate and the correction's last layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates, self.last_layers = [], []
+
+    def on_train_end(self, training_td, group):
+        self.rates.append([g["lr"] for g in self.experiment.optimizers[group]["loss_guider"].param_groups])
+        last = self.experiment.algorithm._guider_cores[group].correction[-1]
+        self.last_layers.append(torch.cat([last.weight.flatten(), last.bias]).detach().clone())
+
+
+def test_guider_warmup_holds_the_anchored_guider_at_the_learner_then_lets_it_learn(tmp_path):
+    recorder = _GuiderRecorder()
+    experiment = configs.build_experiment(
+        tmp_path, [*TINY, "algorithm=magpo", "algorithm.guider_embed_dim=8", "algorithm.guider_lr=0.002",
+                   "algorithm.guider_warmup_frames=80", "experiment.evaluation=false",
+                   "experiment.checkpoint_at_end=false"], callbacks=[recorder],
+    )
+    experiment.run()  # two iterations of 80 frames: the first within the warm-up, the second after it
+    assert recorder.rates == [[0.0], [0.002]]
+    assert not recorder.last_layers[0].any()  # mu = pi through the warm-up: the correction is exactly zero
+    assert recorder.last_layers[1].any()  # then it learns
+    state = experiment.optimizers["agents"]["loss_guider"].state_dict()["state"]
+    # Adam counted the warm-up's steps (2 epochs x 2 minibatches per iteration), so it is not cold-started
+    assert {int(s["step"]) for s in state.values()} == {8}
+
+
 def test_checkpoint_holds_everything_and_resume_continues(tmp_path):
     overrides = ["algorithm=magpo", *SMALL_GUIDER, "experiment.evaluation=false"]
     first = make_experiment(tmp_path / "a", overrides)

@@ -256,6 +256,8 @@ BAD_VALUES = [
     (["algorithm.guider_memory=gru"], "algorithm.guider_memory"),  # the default guider (anchored) has none
     (["algorithm.guider_lr=0"], "algorithm.guider_lr"),
     (["algorithm.guider_lr=-0.001"], "algorithm.guider_lr"),
+    (["algorithm.guider_warmup_frames=-80"], "algorithm.guider_warmup_frames"),
+    (["algorithm=magpo_transformer", "algorithm.guider_warmup_frames=80"], "algorithm.guider_warmup_frames"),
     (["algorithm.delta=tight"], "algorithm.delta"),
     (["algorithm.delta=auto", "algorithm.delta_target_kl=0"], "algorithm.delta_target_kl"),
     (["algorithm.delta=auto", "algorithm.delta_bounds=[0.5,2.0]"], "algorithm.delta_bounds"),
