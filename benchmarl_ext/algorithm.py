@@ -115,12 +115,16 @@ class Magpo(Mappo):
         """The guider for the loss (teacher forcing); also builds the learner and the sampler."""
         learner = super()._get_policy_for_loss(group, model_config, continuous)
         self._learners[group] = learner
-        core, for_loss, for_collection = guider_for_group(
-            self, group, continuous, self.guider_type,
-            learner_module=None if self.guider_type == "transformer" else self._learner_params_module(group),
-            width=self.guider_embed_dim, heads=self.guider_heads, layers=self.guider_layers, agent_order=self.agent_order,
-            memory=self.guider_memory,
-        )
+        # The guider's initial parameters come from a fork of the CPU generator, so what is drawn
+        # next (the critic, then collection) is what MAPPO draws: with the same seed, a MAGPO run's
+        # learner and critic start as MAPPO's actor and critic, and the two runs pair.
+        with torch.random.fork_rng(devices=[]):
+            core, for_loss, for_collection = guider_for_group(
+                self, group, continuous, self.guider_type,
+                learner_module=None if self.guider_type == "transformer" else self._learner_params_module(group),
+                width=self.guider_embed_dim, heads=self.guider_heads, layers=self.guider_layers,
+                agent_order=self.agent_order, memory=self.guider_memory,
+            )
         self._guider_cores[group] = core
         self._guider_samplers[group] = for_collection
         return for_loss

@@ -198,6 +198,39 @@ def test_guider_warmup_holds_the_anchored_guider_at_the_learner_then_lets_it_lea
     assert {int(s["step"]) for s in state.values()} == {8}
 
 
+def test_magpo_held_at_its_learner_with_mappos_settings_updates_as_mappo_does(tmp_path):
+    """The whole BenchMARL pipeline, not only the loss: with the same seed, MAGPO's learner and
+    critic start as MAPPO's actor and critic (building the guider does not draw from the global
+    random stream), and on a batch MAPPO collected, MAGPO with MAPPO's PPO settings and a guider
+    held at its learner computes MAPPO's advantages, losses and gradients."""
+    common = [*TINY, "experiment.evaluation=false", "experiment.checkpoint_at_end=false", "seed=3"]
+    mappo = make_experiment(tmp_path / "mappo", [*common, "algorithm=mappo"])
+    magpo = make_experiment(tmp_path / "magpo", [*common, "algorithm=magpo", "algorithm.entropy_coef=0.0",
+                                                 "algorithm.normalize_advantage=false", "algorithm.lmbda=0.9"])
+    mappo_loss, magpo_loss = mappo.losses["agents"], magpo.losses["agents"]
+    actor = list(mappo_loss.actor_network_params.flatten_keys().values())
+    learner = list(magpo_loss.learner_network_params.flatten_keys().values())
+    critics = [list(loss.critic_network_params.flatten_keys().values()) for loss in (mappo_loss, magpo_loss)]
+    for a, b in [*zip(actor, learner), *zip(*critics)]:
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+    batch = next(iter(mappo.collector))
+    mappo_batch = mappo.algorithm.process_batch("agents", batch.clone()).reshape(-1)
+    magpo_batch = magpo.algorithm.process_batch("agents", batch.clone()).reshape(-1)
+    for key in (("agents", "advantage"), ("agents", "value_target")):
+        torch.testing.assert_close(magpo_batch[key], mappo_batch[key], rtol=0, atol=0)
+    n_agents = magpo_batch["agents"].batch_size[-1]
+    magpo_batch["agents", "agent_order"] = torch.arange(n_agents).expand(*magpo_batch["agents"].batch_size)
+    mappo_out, magpo_out = mappo_loss(mappo_batch), magpo_loss(magpo_batch)
+    torch.testing.assert_close(magpo_out["loss_learner"], mappo_out["loss_objective"])
+    torch.testing.assert_close(magpo_out["loss_critic"], mappo_out["loss_critic"])
+    (mappo_out["loss_objective"] + mappo_out["loss_critic"]).backward()
+    (magpo_out["loss_learner"] + magpo_out["loss_critic"]).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in actor)
+    for a, b in [*zip(actor, learner), *zip(*critics)]:
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_checkpoint_holds_everything_and_resume_continues(tmp_path):
     overrides = ["algorithm=magpo", *SMALL_GUIDER, "experiment.evaluation=false"]
     first = make_experiment(tmp_path / "a", overrides)
