@@ -340,6 +340,11 @@ class MAGPOLoss(_GuidedPPOLoss):
     into the guider's optimizer, ``loss_learner`` into the learner's and ``loss_critic`` into
     the critic's; the graphs are disjoint.
 
+    The two clip fractions are the share of rows where the clipped branch of PPO's ``min`` is
+    the active one. TorchRL's ``ClipPPOLoss`` reports another statistic under ``clip_fraction``
+    (every row whose ratio is outside ``[1 - eps, 1 + eps]``, whatever the advantage's sign),
+    which counts more rows: the two are not comparable number for number.
+
     With ``LossOptions(delta=float("inf"), aux_coef=0)`` this is the CTDS baseline of the paper.
 
     Example:
