@@ -83,9 +83,9 @@ class GuiderWarmup(Callback):
     """``algorithm.guider_warmup_frames=N``: before each training iteration, the guider's
     optimizer gets learning rate 0 while the frames collected so far (this batch included) are
     at most N, and its own rate (``algorithm.guider_lr``, else ``experiment.lr``) after. The
-    anchored guider's correction then stays exactly zero, so mu = pi and the learner's update is
-    MAPPO's clipped PPO on its own samples. Adam's moments still accumulate while the rate is 0,
-    so the first real steps are not cold-started. Set from the frame count at every batch, so a
+    anchored guider's correction then stays exactly zero, so mu = pi, the learner's KL term is
+    zero and its update is plain clipped PPO on its own samples. Adam's moments still accumulate
+    while the rate is 0, so the first real steps are not cold-started. Set from the frame count at every batch, so a
     resumed run gets the same rates."""
 
     def on_batch_collected(self, batch: TensorDictBase) -> None:
