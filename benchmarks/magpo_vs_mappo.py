@@ -77,6 +77,19 @@ def absolute_metric(folder: Path) -> float | None:
     return values[-1] if values else None
 
 
+def evaluation_actions(folders: list[Path]) -> str:
+    """How the runs in ``folders`` chose actions at evaluation, from each run's Hydra record
+    (``experiment.evaluation_deterministic_actions``): "deterministic", "sampled" or, where
+    the runs differ, "deterministic or sampled (per run)"."""
+    import yaml
+
+    modes = {
+        bool(yaml.safe_load((f.parent / ".hydra" / "config.yaml").read_text())["experiment"]["evaluation_deterministic_actions"])
+        for f in folders
+    }
+    return {frozenset({True}): "deterministic", frozenset({False}): "sampled"}.get(frozenset(modes), "deterministic or sampled (per run)")
+
+
 def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]], out: Path) -> list[str]:
     """The markdown section of one task (with an absolute-metric column when every run has the
     metric); also draws its PNG."""
@@ -196,7 +209,8 @@ def main(argv=None) -> None:
         "",
         f"{provenance()} Command: `{command}`.",
         "",
-        "Every return is the evaluation of the decentralized policy (MAGPO: the learner), deterministic actions. "
+        "Every return is the evaluation of the decentralized policy (MAGPO: the learner), "
+        f"{evaluation_actions([f for task in folders.values() for fs in task.values() for f in fs])} actions. "
         "Final: at the last evaluation. AUC: trapezoid mean of the evaluation return over frames. "
         + (f"Absolute metric: the best evaluation's parameters evaluated again on {args.absolute_episodes} episodes at "
            "the end of the run. " if args.absolute_episodes else "")

@@ -165,9 +165,28 @@ def test_magpo_vs_mappo_reports_the_absolute_metric(tmp_path):
     rows = [line for line in report.splitlines() if line.startswith(("| MAPPO", "| magpo learner"))]
     assert len(rows) == 2 and all(len(row.split("|")) == len(header.split("|")) for row in rows)
     assert "--absolute-episodes 3" in report and "on 3 episodes" in report
+    assert "the learner), deterministic actions." in report
     for run in (tmp_path / "runs").glob("*_seed*"):
         assert "absolute_metric_episodes=3" in (run / ".hydra" / "overrides.yaml").read_text()
     assert (tmp_path / "magpo_vs_mappo_protocol.md").exists()
+
+
+def test_magpo_vs_mappo_says_how_the_runs_evaluated(tmp_path):
+    """The report's header reads the action mode from each run's Hydra record instead of
+    assuming one (experiment=coordsum evaluates sampled actions)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import magpo_vs_mappo
+
+    def run(name, deterministic):
+        hydra = tmp_path / name / ".hydra"
+        hydra.mkdir(parents=True)
+        (hydra / "config.yaml").write_text(f"experiment:\n  evaluation_deterministic_actions: {str(deterministic).lower()}\n")
+        return tmp_path / name / "experiment_folder"
+
+    deterministic, sampled = [run("a", True), run("b", True)], [run("c", False), run("d", False)]
+    assert magpo_vs_mappo.evaluation_actions(deterministic) == "deterministic"
+    assert magpo_vs_mappo.evaluation_actions(sampled) == "sampled"
+    assert magpo_vs_mappo.evaluation_actions(deterministic + sampled) == "deterministic or sampled (per run)"
 
 
 def test_a_failed_benchmark_run_is_named(tmp_path):
