@@ -32,10 +32,9 @@ from pathlib import Path
 
 import torch
 from protocol import interval, report
-from runs_common import finished_run, run_many
+from runs_common import finished_run, random_policy_return, run_many
 
 from benchmarl_ext.plots import frames_of, read_scalar
-from magpo.envs.coordsum import GROUP, TASKS, CoordSumEnv
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # the paper's Table 1 (20M steps), learner evaluation return
@@ -52,15 +51,6 @@ def budget_overrides(frames: int) -> list[str]:
     iterations = max(1, frames // batch)
     every = max(1, iterations // EVALUATIONS)
     return [f"experiment.max_n_frames={iterations * batch}", f"experiment.evaluation_interval={every * batch}"]
-
-
-def random_policy_return(task: str, episodes: int = 1024) -> float:
-    """Mean episode return of uniformly random actions (the level every method starts from)."""
-    n_agents, num_actions, maxval = TASKS[task]
-    env = CoordSumEnv(n_agents, num_actions, maxval, batch_size=(episodes,), seed=0)
-    torch.manual_seed(0)  # the random actions come from the action spec, i.e. torch's global generator
-    rollout = env.rollout(env.time_limit, break_when_any_done=False)
-    return rollout.get(("next", GROUP, "reward"))[..., 0, 0].sum(-1).mean().item()
 
 
 def final_return(folder: Path) -> float:
@@ -134,7 +124,10 @@ def main(argv=None) -> None:
     if not rows:
         raise SystemExit(f"no finished runs in {runs_dir}")
     elapsed = time.perf_counter() - start
-    random_level = {task: random_policy_return(task) for task in tasks}
+    random_level = {
+        task: random_policy_return(["algorithm=mappo", f"task=coordsum/{task}", "experiment=coordsum"], episodes=1024)
+        for task in tasks
+    }
     curves = {}
     for row in rows:
         if row["group"] == "main":

@@ -18,10 +18,13 @@ Writes to ``--out``:
   evaluation curve (AUC: the trapezoid mean of the return over frames), each as mean [95% CI]
   (percentile bootstrap over seeds, rliable) with per-seed values; collection + training seconds per iteration
   and the ratio to MAPPO; the mean ``learner_kl`` and ``mask_fraction`` of each MAGPO preset;
+  a row for uniformly random actions (``runs_common.random_policy_return``: the level every
+  method starts from, so that a lead at that level is not read as learning);
   with the date, machine, versions and commit;
   with ``--absolute-episodes N``, also the protocol's absolute metric of every run (its best
   evaluation's parameters evaluated again on N episodes at the end, ``absolute_metric_episodes``);
-* ``magpo_vs_mappo_<task>.png``: evaluation return against frames, mean and 95% CI;
+* ``magpo_vs_mappo_<task>.png``: evaluation return against frames, mean and 95% CI, and the
+  random level;
 * ``magpo_vs_mappo_curves.csv``: every evaluation point of every run, read from BenchMARL's csv
   logs. Not from its marl-eval json: that names a run by algorithm class, task and seed only, so
   two presets of one algorithm (``magpo`` and ``magpo+algorithm.lmbda=0.9``) would merge there.
@@ -44,7 +47,7 @@ import statistics
 from pathlib import Path
 
 from protocol import interval, report
-from runs_common import provenance, run_many
+from runs_common import provenance, random_policy_return, run_many
 
 from benchmarl_ext.plots import area_under_curve, frames_of, read_scalar, scalars_folder
 
@@ -90,9 +93,10 @@ def evaluation_actions(folders: list[Path]) -> str:
     return {frozenset({True}): "deterministic", frozenset({False}): "sampled"}.get(frozenset(modes), "deterministic or sampled (per run)")
 
 
-def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]], out: Path) -> list[str]:
+def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]], out: Path, random_level: float) -> list[str]:
     """The markdown section of one task (with an absolute-metric column when every run has the
-    metric); also draws its PNG."""
+    metric), with ``random_level`` (uniformly random actions' return) as a row and a line in its
+    PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,6 +118,7 @@ def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]]
         "| --- | --- | --- | --- | --- |" + (" --- | --- |" if with_absolute else "") + " --- | --- | --- | --- |",
     ]
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.axhline(random_level, color="gray", ls=":", label="uniformly random actions")
     for algorithm in algorithms:
         curves = [curve(f) for f in folders[algorithm]]
         finals = [c[-1][1] for c in curves]
@@ -133,6 +138,9 @@ def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]]
         stats = [interval([c[k][1] for c in curves], reps=2_000) for k in range(len(frames))]
         ax.plot(frames, [m for m, _, _ in stats], marker="o", ms=3, label=label[algorithm])
         ax.fill_between(frames, [low for _, low, _ in stats], [high for _, _, high in stats], alpha=0.2)
+    columns = len(lines[2].split("|")) - 2
+    level = f"{random_level:.2f}"
+    lines.append("| uniformly random actions | " + " | ".join([level, "-", level] + ["-"] * (columns - 4)) + " |")
     ax.set(xlabel="frames", ylabel="evaluation episode return", title=f"{task}, {len(folders['mappo'])} seeds (95% CI)")
     ax.legend()
     fig.tight_layout()
@@ -218,11 +226,14 @@ def main(argv=None) -> None:
         "percentile bootstrap CI over seeds, rliable]. s / iteration: median collection + training seconds of each run, mean "
         f"over seeds{' (runs shared the cores, ' + str(args.jobs) + ' at a time)' if args.jobs > 1 else ''}. "
         "learner_kl (KL(guider || learner)) and mask_fraction (share of samples outside the delta band): mean over "
-        "training iterations.",
+        "training iterations. Uniformly random actions: the same evaluation return for actions drawn uniformly from "
+        "the action space on 200 episodes (the level every method starts from; its AUC is the level itself).",
         "",
     ]
     for task in tasks:
-        lines += task_report(task, algorithms, folders[task], args.out)
+        # the random level of the task as its MAPPO runs composed it (the algorithm plays no part)
+        mappo_overrides = next(o for (t, a), (_, o) in zip(keys, runs) if (t, a) == (task, "mappo"))
+        lines += task_report(task, algorithms, folders[task], args.out, random_policy_return(mappo_overrides))
     protocol = report(args.out / "magpo_vs_mappo_curves.csv", candidate=presets[0], out=args.out)
     lines += [f"Across tasks (IQM, probability of improvement, sample efficiency): [{protocol.name}]({protocol.name}).", ""]
     (args.out / "magpo_vs_mappo.md").write_text("\n".join(lines))

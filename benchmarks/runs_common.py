@@ -100,6 +100,61 @@ def run_many(runs: list[tuple[str, list[str]]], runs_dir: Path, jobs: int = 1, l
     return folders
 
 
+def random_policy_return(overrides: list[str], episodes: int = 200, seed: int = 0) -> float:
+    """The evaluation return of uniformly random actions on the task that ``benchmarl run
+    OVERRIDES`` composes (a run's overrides, e.g. ``["algorithm=mappo", "task=vmas/simple_spread",
+    "experiment=cpu", "task.n_agents=5"]``; the algorithm is not used): the level every method
+    starts from, so that a lead there is not read as learning.
+
+    Measured as BenchMARL's ``eval/reward/episode_reward_mean``: on ``episodes`` environments
+    (vectorized, or BenchMARL's ``SerialEnv`` of single ones) with the task's transforms, each
+    episode's reward summed up to its first done, averaged over a group's agents, then over
+    episodes and groups. Actions are drawn from the action spec with torch's generator seeded by
+    ``seed`` (the experiment's continuous or discrete choice; action masks are not applied)."""
+    import torch
+    from benchmarl.hydra_config import load_task_config_from_hydra
+    from hydra import compose, initialize_config_module
+    from torchrl.envs import Compose, SerialEnv, TransformedEnv
+
+    from benchmarl_ext.registration import register
+
+    register()
+    with initialize_config_module(config_module="benchmarl_ext.conf", version_base=None):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    task = load_task_config_from_hydra(cfg.task, cfg.hydra.runtime.choices.task)
+    continuous = cfg.experiment.prefer_continuous_actions and task.supports_continuous_actions()
+    env_fun = task.get_env_fun(num_envs=episodes, continuous_actions=continuous, seed=seed, device="cpu")
+    base = env_fun()
+    transforms = Compose(*task.get_env_transforms(base))
+    if base.batch_size:
+        env = TransformedEnv(base, transforms)
+    else:
+        env = SerialEnv(episodes, lambda: TransformedEnv(env_fun(), transforms.clone()))
+    group_map = task.group_map(base)
+    torch.manual_seed(seed)
+    rollout = env.rollout(task.max_steps(base), break_when_any_done=False)  # [episodes, time]
+    return evaluation_return(rollout, list(group_map))
+
+
+def evaluation_return(rollout, groups: list[str]) -> float:
+    """BenchMARL's evaluation return of a rollout ``[episodes, time]`` of a multi-agent env, as
+    its logger computes it: each episode's reward summed up to and including its first
+    ``("next", "done")`` (later steps belong to the next episode), the group's
+    ``("next", group, "reward")`` ``[episodes, time, n_agents, 1]`` averaged over its agents (or
+    the env's ``("next", "reward")`` ``[episodes, time, 1]`` where the group has none), then
+    averaged over the episodes and the groups."""
+    import torch
+
+    done = rollout.get(("next", "done")).squeeze(-1).long()
+    counted = (done.cumsum(-1) - done) == 0
+    returns = []
+    for group in groups:
+        reward = rollout.get(("next", group, "reward"), None)
+        per_step = rollout.get(("next", "reward")).squeeze(-1) if reward is None else reward.squeeze(-1).mean(-1)
+        returns.append((per_step * counted).sum(-1).mean())
+    return torch.stack(returns).mean().item()
+
+
 def provenance() -> str:
     """Date, machine, versions and commit, for the header of a results file."""
     import benchmarl

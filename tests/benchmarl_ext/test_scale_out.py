@@ -155,6 +155,7 @@ def test_magpo_vs_mappo_reports_the_absolute_metric(tmp_path):
     pytest.importorskip("rliable", reason="the report extra (part of the test extra) is missing")
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import magpo_vs_mappo
+    import runs_common
 
     sizes = [o for o in TINY if not o.startswith(("task=", "experiment="))]
     magpo_vs_mappo.main(["--seeds", "2", "--tasks", "vmas/balance", "--magpo", "magpo", "--jobs", "2",
@@ -166,6 +167,11 @@ def test_magpo_vs_mappo_reports_the_absolute_metric(tmp_path):
     assert len(rows) == 2 and all(len(row.split("|")) == len(header.split("|")) for row in rows)
     assert "--absolute-episodes 3" in report and "on 3 episodes" in report
     assert "the learner), deterministic actions." in report
+    (random_row,) = [line for line in report.splitlines() if line.startswith("| uniformly random actions")]
+    assert len(random_row.split("|")) == len(header.split("|"))
+    level = float(random_row.split("|")[2])
+    assert level == float(random_row.split("|")[4])  # the AUC of a constant is the constant
+    assert level == pytest.approx(runs_common.random_policy_return(["algorithm=mappo", "seed=0", *TINY]), abs=5e-3)
     for run in (tmp_path / "runs").glob("*_seed*"):
         assert "absolute_metric_episodes=3" in (run / ".hydra" / "overrides.yaml").read_text()
     assert (tmp_path / "magpo_vs_mappo_protocol.md").exists()
@@ -187,6 +193,44 @@ def test_magpo_vs_mappo_says_how_the_runs_evaluated(tmp_path):
     assert magpo_vs_mappo.evaluation_actions(deterministic) == "deterministic"
     assert magpo_vs_mappo.evaluation_actions(sampled) == "sampled"
     assert magpo_vs_mappo.evaluation_actions(deterministic + sampled) == "deterministic or sampled (per run)"
+
+
+def test_random_level_is_the_evaluation_return_of_random_actions():
+    """runs_common.random_policy_return on CoordSum-3x10 equals the same random rollout of
+    CoordSumEnv summed by hand (fixed-length episodes, one reward for the team)."""
+    import torch
+
+    from magpo.envs.coordsum import GROUP, CoordSumEnv
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import runs_common
+
+    level = runs_common.random_policy_return(["algorithm=mappo", "task=coordsum/3x10", "experiment=coordsum"], episodes=64)
+    env = CoordSumEnv(3, 10, 30, batch_size=(64,), seed=0)
+    torch.manual_seed(0)
+    rollout = env.rollout(env.time_limit, break_when_any_done=False)
+    assert level == pytest.approx(rollout.get(("next", GROUP, "reward"))[..., 0, 0].sum(-1).mean().item(), rel=1e-6)
+    assert level > 0  # random actions hit some targets
+
+
+def test_evaluation_return_counts_each_episode_up_to_its_first_done():
+    """Steps after an episode's first done (an auto-reset's next episode) do not count; the
+    group's reward is averaged over its agents; a group without one takes the env's reward."""
+    import torch
+    from tensordict import TensorDict
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import runs_common
+
+    done = torch.tensor([[0, 1, 0, 0], [0, 0, 0, 1]], dtype=torch.bool).unsqueeze(-1)  # [episodes, time, 1]
+    reward = torch.tensor([[1.0, 2.0, 100.0, 100.0], [1.0, 1.0, 1.0, 1.0]])
+    per_agent = torch.stack([reward, 3 * reward], dim=-1).unsqueeze(-1)  # [episodes, time, 2 agents, 1]
+    rollout = TensorDict({"next": {"done": done, "a": {"reward": per_agent}, "reward": reward.unsqueeze(-1)}}, batch_size=[2, 4])
+    # episode 0: 2 * (1 + 2) = 6 (mean of the two agents: 2 x the reward); episode 1: 2 * 4 = 8
+    assert runs_common.evaluation_return(rollout, ["a"]) == pytest.approx(7.0)
+    # group "b" has no reward of its own: the env's reward, (3 + 4) / 2
+    assert runs_common.evaluation_return(rollout, ["b"]) == pytest.approx(3.5)
+    assert runs_common.evaluation_return(rollout, ["a", "b"]) == pytest.approx(5.25)
 
 
 def test_a_failed_benchmark_run_is_named(tmp_path):
