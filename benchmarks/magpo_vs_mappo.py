@@ -138,9 +138,9 @@ def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]]
         stats = [interval([c[k][1] for c in curves], reps=2_000) for k in range(len(frames))]
         ax.plot(frames, [m for m, _, _ in stats], marker="o", ms=3, label=label[algorithm])
         ax.fill_between(frames, [low for _, low, _ in stats], [high for _, _, high in stats], alpha=0.2)
-    columns = len(lines[2].split("|")) - 2
-    level = f"{random_level:.2f}"
-    lines.append("| uniformly random actions | " + " | ".join([level, "-", level] + ["-"] * (columns - 4)) + " |")
+    level = f"{random_level:.2f}"  # the cells of the header above: final, per seed, AUC, per seed, [absolute x 2], 4 more
+    cells = [level, "-", level, "-"] + ["-", "-"] * with_absolute + ["-"] * 4
+    lines.append(f"| uniformly random actions | {' | '.join(cells)} |")
     ax.set(xlabel="frames", ylabel="evaluation episode return", title=f"{task}, {len(folders['mappo'])} seeds (95% CI)")
     ax.legend()
     fig.tight_layout()
