@@ -11,7 +11,8 @@ evaluation and checkpoints off, one after the other: MAPPO, then each of ``--gui
 * ``coordsum``: CoordSum-3x10 with the authors' tuned settings for it (64 envs x 128 steps =
   8,192 frames per iteration, 10 epochs x 8 minibatches; MAGPO: ``magpo_coordsum_3x10``, each
   guider without memory, and the transformer with its memory over the episode as the preset has it);
-* ``balance``: vmas/balance with the ``cpu`` preset (3,000 frames, 4 epochs x 2 minibatches).
+* ``balance``, ``give_way``, ``navigation``, ``dispersion``: that VMAS task with the ``cpu`` preset
+  (3,000 frames, 4 epochs x 2 minibatches).
 
 Reported per algorithm: median collection, training and total seconds per iteration (iterations
 after the first), frames/s, the ratio of total time to MAPPO's on the same task, start-up seconds
@@ -46,7 +47,8 @@ AUTHORS_3X10 = ["experiment.on_policy_collected_frames_per_batch=8192", "experim
                 "experiment.on_policy_n_minibatch_iters=10", "experiment.on_policy_minibatch_size=1024"]
 TASKS = {
     "coordsum": (["task=coordsum/3x10", "experiment=coordsum", *AUTHORS_3X10], 8192, "magpo_coordsum_3x10"),
-    "balance": (["task=vmas/balance", "experiment=cpu"], 3000, "magpo"),
+    **{name: ([f"task=vmas/{name}", "experiment=cpu"], 3000, "magpo") for name in ("balance", "give_way", "navigation",
+                                                                            "dispersion")},
 }
 GUIDERS = ("anchored", "transformer", "residual", "transformer+memory")  # the default first
 
@@ -180,7 +182,7 @@ def main() -> None:
         "order, and the median over them (total vs MAPPO: the median over repeats of the ratio to MAPPO's run of the "
         "same repeat; each repeat's ratio in parentheses). Evaluation and checkpoints off. coordsum: CoordSum-3x10, "
         "8,192 frames per iteration, 10 epochs x 8 minibatches (the authors' tuned settings), MAGPO "
-        "`magpo_coordsum_3x10`. balance: vmas/balance, `experiment=cpu` (3,000 frames, 4 x 2), MAGPO `magpo`."
+        "`magpo_coordsum_3x10`. The VMAS tasks: `experiment=cpu` (3,000 frames, 4 x 2), MAGPO `magpo`."
         + (" Rows marked compiled: `compile_networks=true`, their ratio to MAPPO compiled; the compilation adds to "
            "start-up and the first iteration." if args.compile else ""),
         "",

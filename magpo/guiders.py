@@ -48,17 +48,20 @@ from collections.abc import Sequence
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import (
+    InteractionType,
     NormalParamExtractor,
     ProbabilisticTensorDictModule,
     ProbabilisticTensorDictSequential,
     TensorDictModule,
     TensorDictModuleBase,
 )
+from tensordict.nn.probabilistic import interaction_type
 from tensordict.utils import NestedKey
 from torch import nn
 from torch.distributions import Categorical
 from torchrl.data import Composite, TensorSpec
 from torchrl.modules import IndependentNormal, MaskedCategorical, TanhNormal
+from torchrl.modules.distributions.continuous import SafeTanhTransform
 
 AGENT_ORDERS = ("fixed", "random", "per_epoch")
 GUIDER_KINDS = ("transformer", "anchored", "residual")
@@ -383,6 +386,31 @@ class _CorrectedGuider(_GuiderCore):
         previous = mean_before @ self.action_embed(action)  # [*B, n, H]
         return base + self.correction(torch.cat([observed, previous, step], dim=-1))
 
+    def start_decoding(self, context):
+        # The first layer splits over its input's parts: the observed and step parts are fixed for
+        # the whole environment step, so they are computed once; per step of the order only the
+        # acting agent's row moves, with the running sum of the earlier agents' action embeddings.
+        base, observed, _, step = context
+        first = self.correction[0]
+        hidden = first.out_features
+        w_observed, w_previous, w_step = first.weight.split([observed.shape[-1], hidden, self.n_agents], dim=-1)
+        fixed = observed @ w_observed.T + step @ w_step.T + first.bias  # [*B, n, H]
+        return fixed, w_previous, base.new_zeros(*base.shape[:-2], hidden)
+
+    def decode_next(self, context, state, order, step, action):
+        base = context[0]
+        fixed, w_previous, earlier = state
+        if step > 0:  # the agent that acted at the previous step joins the earlier ones
+            acted = order[..., step - 1]
+            index = acted.view(*acted.shape, *[1] * (action.dim() - acted.dim()))
+            index = index.expand(*acted.shape, 1, *action.shape[acted.dim() + 1:])
+            earlier = earlier + self.action_embed(action.gather(acted.dim(), index).squeeze(acted.dim()))
+        agent = order[..., step, None, None]
+        previous = earlier / max(step, 1)  # the mean embedding of the earlier agents' actions, [*B, H]
+        hidden = fixed.gather(-2, agent.expand(*agent.shape[:-1], fixed.shape[-1])).squeeze(-2) + previous @ w_previous.T
+        row = base.gather(-2, agent.expand(*agent.shape[:-1], base.shape[-1])).squeeze(-2) + self.correction[1:](hidden)
+        return row, (fixed, w_previous, earlier)
+
 
 class ResidualGuider(_CorrectedGuider):
     """A trainable copy of the learner's network plus the zero-initialised correction.
@@ -461,6 +489,83 @@ class AnchoredGuider(_CorrectedGuider):
             self._given_base = None
 
 
+class ActionDraw:
+    """A distribution head's sampling split in two: noise drawn for every agent once per
+    environment step (:meth:`noise`), and a deterministic map from (parameters, noise) to
+    actions (:meth:`__call__`). The sequential sampler then needs no distribution object per
+    step of the order, only this map on the acting agent's row; the log-probs come from one
+    distribution built at the end. Zero noise gives the head's deterministic action.
+    """
+
+    noise_size: int  # the noise's last dim
+
+    def noise(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """Noise ``[*shape, noise_size]`` for every agent of a step (``shape = [*B, n_agents]``)."""
+        raise NotImplementedError
+
+    def __call__(self, params: torch.Tensor, noise: torch.Tensor, inputs: TensorDictBase) -> torch.Tensor:
+        """Actions ``[*B, n_agents, ...]`` from parameters ``[*B, n_agents, P]``, noise as from
+        :meth:`noise` and the head's other inputs (``inputs``, e.g. an action mask)."""
+        raise NotImplementedError
+
+
+class GumbelMaxDraw(ActionDraw):
+    """Categorical (or masked categorical) logits: ``argmax(logits + g)`` with ``g`` standard
+    Gumbel noise is a draw from ``softmax(logits)`` (the Gumbel-max trick); masked-out actions
+    get ``-inf`` and are never drawn. Zero noise gives the mode.
+
+    Args:
+        n_actions: the number of actions ``K`` (the noise's last dim).
+        mask_key: the action mask ``[*B, n_agents, K]`` among the head's inputs, or None.
+    """
+
+    def __init__(self, n_actions: int, mask_key: NestedKey | None = None):
+        self.noise_size, self.mask_key = n_actions, mask_key
+
+    def noise(self, shape, device):
+        return -torch.empty(*shape, self.noise_size, device=device).exponential_().log()  # -log Exp(1) ~ Gumbel
+
+    def __call__(self, params, noise, inputs):
+        if self.mask_key is not None:
+            params = params.masked_fill(~inputs.get(self.mask_key), float("-inf"))
+        return (params + noise).argmax(-1)
+
+
+class NormalDraw(ActionDraw):
+    """Normal heads written out as TorchRL samples them: ``loc + eps * scale`` with ``eps``
+    standard normal (``IndependentNormal``), then, for ``TanhNormal``, TorchRL's safe tanh and
+    the affine map onto ``[low, high]``. The same noise gives the same action as the
+    distribution's own ``rsample``; zero noise gives its ``deterministic_sample``.
+
+    Args:
+        extractor: the head's ``NormalParamExtractor`` (parameters ``[..., 2D]`` to loc, scale).
+        action_dim: ``D``.
+        low, high: the ``TanhNormal`` bounds (broadcastable to ``[*B, n_agents, D]``), or None
+            for an unbounded ``IndependentNormal``.
+    """
+
+    def __init__(self, extractor: NormalParamExtractor, action_dim: int, low=None, high=None):
+        self.extractor, self.noise_size = extractor, action_dim
+        self.tanh = SafeTanhTransform() if low is not None else None
+        self.affine = None
+        if low is not None and ((torch.as_tensor(low) != -1).any() or (torch.as_tensor(high) != 1).any()):
+            low, high = torch.as_tensor(low), torch.as_tensor(high)  # TanhNormal skips the identity map too
+            self.affine = ((high + low) / 2, (high - low) / 2)
+
+    def noise(self, shape, device):
+        return torch.empty(*shape, self.noise_size, device=device).normal_()
+
+    def __call__(self, params, noise, inputs):
+        loc, scale = self.extractor(params)
+        action = loc + noise * scale
+        if self.tanh is not None:
+            action = self.tanh(action)
+        if self.affine is not None:
+            shift, stretch = (t.to(action.device) for t in self.affine)
+            action = shift + stretch * action
+        return action
+
+
 class TeacherForcedGuider(TensorDictModuleBase):
     """The loss side: writes every agent's parameters given the stored action and order.
 
@@ -491,15 +596,22 @@ class SequentialGuiderSampler(TensorDictModuleBase):
     """The collection side: agents act one after the other in a fixed or random order.
 
     Step k computes the parameters of the agent acting k-th from the actions chosen so far
-    (:meth:`_GuiderCore.decode_next`; incremental for the transformer, which caches its attention
-    keys and values from step to step; entries of agents yet to act are placeholders that the
-    causal structure ignores), lets the distribution head act
-    under the current exploration type (sample, or mode when deterministic) and keeps the action
-    and log-prob of the agent acting k-th. When the core reports that its parameters do not
-    depend on the previous actions (a residual guider right after a backtrack), a single step
-    serves every agent: the same joint distribution, one pass instead of n_agents. Writes the
-    joint action, the per-agent log-probs, the parameters and the order (drawn either way, so
-    that training recomputes log-probs under it), and for a core with memory its next state.
+    (:meth:`_GuiderCore.decode_next`, incremental: the transformer caches its attention keys and
+    values from step to step, the corrected guiders their first layer's fixed part and the sum of
+    the earlier actions' embeddings; entries of agents yet to act are placeholders that the
+    causal structure ignores) and keeps the action of the agent acting k-th. With an
+    :class:`ActionDraw` (``make_guider`` gives one for each of its heads) and random or
+    deterministic exploration, the noise of every agent is drawn once per environment step, each
+    step maps the acting agent's parameters and noise to its action, and one distribution built
+    at the end gives every log-prob: per step only a few tensor operations instead of a
+    distribution object, a draw and a log-prob for every agent. Without one (another head, or
+    another exploration type) the head acts at every step and the acting agent's action and
+    log-prob are kept. When the core reports that its parameters do not depend on the previous
+    actions (a residual guider right after a backtrack), a single step serves every agent: the
+    same joint distribution, one pass instead of n_agents (with a draw, the very same actions).
+    Writes the joint action, the per-agent log-probs, the parameters and the order (drawn either
+    way, so that training recomputes log-probs under it), and for a core with memory its next
+    state.
     """
 
     def __init__(
@@ -511,6 +623,7 @@ class SequentialGuiderSampler(TensorDictModuleBase):
         agent_order: str,
         action_shape: Sequence[int],
         action_dtype: torch.dtype,
+        draw: ActionDraw | None = None,
     ):
         super().__init__()
         if agent_order not in AGENT_ORDERS:
@@ -523,6 +636,7 @@ class SequentialGuiderSampler(TensorDictModuleBase):
         self.n_agents = teacher_forced.core.n_agents
         self.agent_order = agent_order
         self.action_shape, self.action_dtype = tuple(action_shape), action_dtype
+        self.draw = draw
         produced = set(teacher_forced.out_keys)
         self.in_keys = list(
             dict.fromkeys(
@@ -550,6 +664,11 @@ class SequentialGuiderSampler(TensorDictModuleBase):
         core = self.teacher_forced.core
         context = core.context(tensordict, order)  # observations and order: once per env step
         head_inputs = tensordict.select(*self.head.in_keys, strict=False)  # e.g. an action mask
+        exploration = interaction_type() or self.head.module[-1].default_interaction_type
+        draw = self.draw if exploration in (InteractionType.RANDOM, InteractionType.DETERMINISTIC) else None
+        if draw is not None:  # every agent's noise, drawn before decoding: the stream does not depend on it
+            random = exploration is InteractionType.RANDOM
+            noise = draw.noise(order.shape, device) if random else torch.zeros(*order.shape, draw.noise_size, device=device)
         if core.depends_on_previous_actions():
             steps = nn.functional.one_hot(order, self.n_agents).bool().movedim(-2, 0)  # [n, *B, n]: who acts at k
             state, params = core.start_decoding(context), None
@@ -560,14 +679,20 @@ class SequentialGuiderSampler(TensorDictModuleBase):
             if len(steps) > 1:
                 row, state = core.decode_next(context, state, order, step, action)
                 # Each agent's row is filled in at its step; the rows of the agents still to act are
-                # zeros until then (a valid distribution whose draws are discarded). The head draws for
-                # every agent at every step, so the random stream does not depend on the decoding.
+                # zeros until then (valid parameters whose actions are discarded).
                 params = torch.where(acting.unsqueeze(-1), row.unsqueeze(-2), 0.0 if params is None else params)
-            acted = self.head(head_inputs.clone(False).set(self.teacher_forced.out_key, params))
-            log_prob = torch.where(acting, acted.get(self.log_prob_key), log_prob)
+            if draw is not None:
+                taken = draw(params, noise, head_inputs)
+            else:  # the head draws for every agent at every step, so the stream does not depend on the decoding
+                acted = self.head(head_inputs.clone(False).set(self.teacher_forced.out_key, params))
+                log_prob = torch.where(acting, acted.get(self.log_prob_key), log_prob)
+                taken = acted.get(self.action_key)
             while acting.dim() < action.dim():
                 acting = acting.unsqueeze(-1)
-            action = torch.where(acting, acted.get(self.action_key), action)
+            action = torch.where(acting, taken, action)
+        if draw is not None:  # every agent's log-prob under its own row, from one distribution
+            dist = self.head.get_dist(head_inputs.clone(False).set(self.teacher_forced.out_key, params))
+            log_prob = dist.log_prob(action)
         tensordict.set(self.action_key, action)
         tensordict.set(self.log_prob_key, log_prob)
         tensordict.set(self.order_key, order)
@@ -588,13 +713,16 @@ def make_guider_policies(
     agent_order: str,
     action_shape: Sequence[int],
     action_dtype: torch.dtype,
+    draw: ActionDraw | None = None,
 ):
     """Wrap a guider core as (policy for the loss, policy for collection).
 
     ``head_modules`` map ``params_key`` to the distribution's inputs (e.g. a Normal parameter
     extractor; none for logits); ``distribution`` is the ``ProbabilisticTensorDictModule`` that
-    writes the action and, with ``return_log_prob=True``, its log-prob. Both policies share
-    every parameter.
+    writes the action and, with ``return_log_prob=True``, its log-prob. ``draw``, when given,
+    must sample exactly as that head does (:class:`GumbelMaxDraw`, :class:`NormalDraw`); the
+    sampler then draws the noise once per environment step (:class:`SequentialGuiderSampler`).
+    Both policies share every parameter.
     """
     if not distribution.return_log_prob:
         raise ValueError("the guider's distribution module needs return_log_prob=True")
@@ -603,7 +731,7 @@ def make_guider_policies(
     for_loss = ProbabilisticTensorDictSequential(teacher_forced, *head_modules, distribution)
     head = ProbabilisticTensorDictSequential(*head_modules, distribution)
     for_collection = SequentialGuiderSampler(
-        teacher_forced, head, group, distribution.log_prob_key, agent_order, action_shape, action_dtype
+        teacher_forced, head, group, distribution.log_prob_key, agent_order, action_shape, action_dtype, draw
     )
     return for_loss, for_collection
 
@@ -690,31 +818,35 @@ def make_guider(
     core = core.to(device)
 
     if continuous:
+        extractor = NormalParamExtractor(scale_mapping=scale_mapping)
         head = [
             TensorDictModule(
-                NormalParamExtractor(scale_mapping=scale_mapping), in_keys=[params_key],
-                out_keys=[(group, "guider_loc"), (group, "guider_scale")],
+                extractor, in_keys=[params_key], out_keys=[(group, "guider_loc"), (group, "guider_scale")],
             )
         ]
+        bounds = (action_spec.space.low, action_spec.space.high) if tanh_normal else (None, None)
         distribution = ProbabilisticTensorDictModule(
             in_keys={"loc": (group, "guider_loc"), "scale": (group, "guider_scale")},
             out_keys=[(group, "action")],
             distribution_class=TanhNormal if tanh_normal else IndependentNormal,
-            distribution_kwargs={"low": action_spec.space.low, "high": action_spec.space.high} if tanh_normal else {},
+            distribution_kwargs={"low": bounds[0], "high": bounds[1]} if tanh_normal else {},
             return_log_prob=True,
             log_prob_key=(group, "log_prob"),
         )
+        draw = NormalDraw(extractor, action_size, *bounds)
     else:
         head = []
+        mask_key = (group, "action_mask") if action_mask else None
         distribution = ProbabilisticTensorDictModule(
-            in_keys={"logits": params_key, "mask": (group, "action_mask")} if action_mask else {"logits": params_key},
+            in_keys={"logits": params_key, "mask": mask_key} if action_mask else {"logits": params_key},
             out_keys=[(group, "action")],
             distribution_class=MaskedCategorical if action_mask else Categorical,
             return_log_prob=True,
             log_prob_key=(group, "log_prob"),
         )
+        draw = GumbelMaxDraw(action_size, mask_key)
     for_loss, for_collection = make_guider_policies(
         core, head, distribution, group=group, params_key=params_key, order_key=(group, "agent_order"),
-        agent_order=agent_order, action_shape=action_spec.shape, action_dtype=action_spec.dtype,
+        agent_order=agent_order, action_shape=action_spec.shape, action_dtype=action_spec.dtype, draw=draw,
     )
     return core, for_loss, for_collection

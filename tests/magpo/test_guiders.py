@@ -12,11 +12,19 @@ from tensordict.nn import (
     TensorDictModule,
 )
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.modules import MaskedCategorical, TanhNormal
+from torchrl.modules import IndependentNormal, MaskedCategorical, TanhNormal
 from torchrl.objectives import ClipPPOLoss
 
 from magpo import GuiderClipLoss, LearnerKLPPOLoss, LossOptions
-from magpo.guiders import AnchoredGuider, ResidualGuider, TransformerGuider, make_guider, make_guider_policies
+from magpo.guiders import (
+    AnchoredGuider,
+    GumbelMaxDraw,
+    NormalDraw,
+    ResidualGuider,
+    TransformerGuider,
+    make_guider,
+    make_guider_policies,
+)
 
 BATCH, AGENTS, OBS, ACTIONS, DIMS = 6, 4, 5, 4, 2
 OBS_KEY, PARAMS_KEY = ("agents", "observation"), ("agents", "guider_params")
@@ -31,7 +39,9 @@ def batch(seed=0):
     return TensorDict({"agents": agents}, [BATCH])
 
 
-def build(kind, continuous, agent_order="random", seed=0, memory=False):
+def build(kind, continuous, agent_order="random", seed=0, memory=False, draw=True):
+    """A guider over a linear learner; ``draw``: the sampler draws its noise once per step (as
+    ``make_guider``'s do), else the head acts at every step."""
     torch.manual_seed(seed)
     size = DIMS if continuous else ACTIONS
     param_dim = 2 * DIMS if continuous else ACTIONS
@@ -52,6 +62,7 @@ def build(kind, continuous, agent_order="random", seed=0, memory=False):
             distribution_class=TanhNormal, return_log_prob=True, log_prob_key=("agents", "log_prob"),
         )
         shape, dtype = (AGENTS, DIMS), torch.float32
+        action_draw = NormalDraw(extractor, DIMS, -1.0, 1.0)  # TanhNormal's default bounds
     else:
         head = []
         dist = ProbabilisticTensorDictModule(
@@ -59,9 +70,10 @@ def build(kind, continuous, agent_order="random", seed=0, memory=False):
             distribution_class=MaskedCategorical, return_log_prob=True, log_prob_key=("agents", "log_prob"),
         )
         shape, dtype = (AGENTS,), torch.long
+        action_draw = GumbelMaxDraw(ACTIONS, ("agents", "action_mask"))
     for_loss, for_collection = make_guider_policies(
         core, head, dist, group="agents", params_key=PARAMS_KEY, order_key=("agents", "agent_order"),
-        agent_order=agent_order, action_shape=shape, action_dtype=dtype,
+        agent_order=agent_order, action_shape=shape, action_dtype=dtype, draw=action_draw if draw else None,
     )
     return core, learner_net, for_loss, for_collection
 
@@ -69,9 +81,10 @@ def build(kind, continuous, agent_order="random", seed=0, memory=False):
 CASES = [(k, c) for k in ("transformer", "residual", "anchored") for c in (False, True)]
 
 
+@pytest.mark.parametrize("draw", [True, False])
 @pytest.mark.parametrize("kind, continuous", CASES)
-def test_teacher_forced_log_prob_equals_sequential_sampling(kind, continuous):
-    _, _, for_loss, for_collection = build(kind, continuous)
+def test_teacher_forced_log_prob_equals_sequential_sampling(kind, continuous, draw):
+    _, _, for_loss, for_collection = build(kind, continuous, draw=draw)
     data = batch()
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
         for_collection(data)
@@ -114,8 +127,10 @@ def _with_memory_inputs(data, seed=0):
 
 @pytest.mark.parametrize("kind, continuous, memory", [(k, c, False) for k, c in CASES] + [("transformer", False, True)])
 def test_step_by_step_decoding_equals_the_full_decoder(kind, continuous, memory):
-    """decode_next (incremental for the transformer: a KV cache) gives each agent's row of the full,
-    teacher-forced decode, with the actions of the agents after it still unset."""
+    """decode_next (incremental: the transformer keeps its attention keys and values, the corrected
+    guiders their first layer's fixed part and the running sum of the earlier actions' embeddings)
+    gives each agent's row of the full, teacher-forced decode, with the actions of the agents after
+    it still unset (up to rounding: the sums run in another order)."""
     core, *_ = build(kind, continuous, memory=memory)
     data = batch(1)
     if memory:
@@ -129,40 +144,129 @@ def test_step_by_step_decoding_equals_the_full_decoder(kind, continuous, memory)
         rows = torch.arange(BATCH)
         for step in range(AGENTS):
             row, state = core.decode_next(context, state, order, step, chosen)
-            exact = dict(rtol=0, atol=0) if kind != "transformer" else dict(rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(row, full[rows, order[:, step]], **exact)
+            torch.testing.assert_close(row, full[rows, order[:, step]], rtol=1e-5, atol=1e-6)
             chosen[rows, order[:, step]] = action[rows, order[:, step]]  # the agent acts
 
 
+@pytest.mark.parametrize("draw", [True, False])
 @pytest.mark.parametrize("kind, continuous", CASES)
-def test_sampling_draws_what_agent_after_agent_full_decoding_draws(kind, continuous):
+def test_sampling_draws_what_agent_after_agent_full_decoding_draws(kind, continuous, draw):
     """The sampler's random stream and result are those of the plain scheme: at every step the
-    whole teacher-forced decode on the actions so far, the head drawing for every agent, the acting
-    agent's draw kept (exact for the corrected guiders; the transformer's rows differ by rounding)."""
-    core, _, _, for_collection = build(kind, continuous)
+    whole teacher-forced decode on the actions so far, and the acting agent's action kept, drawn
+    from its row with noise drawn for every agent before the first step (with a draw), or by the
+    head drawing for every agent at every step (without). Incremental decoding changes the rows
+    by rounding only."""
+    core, _, _, for_collection = build(kind, continuous, draw=draw)
     data = batch(3)
     torch.manual_seed(5)
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
         sampled = for_collection(data.clone())
         torch.manual_seed(5)
         order = for_collection._order(torch.Size([BATCH]), torch.device("cpu"))
+        noise = for_collection.draw.noise(order.shape, torch.device("cpu")) if draw else None
         action = torch.zeros_like(sampled["agents", "action"])
         log_prob = torch.zeros(BATCH, AGENTS)
         context, rows = core.context(data, order), torch.arange(BATCH)
+        head_inputs = data.select(*for_collection.head.in_keys, strict=False)
         for step in range(AGENTS):
             params = core.decode(context, action)
-            acted = for_collection.head(data.select(*for_collection.head.in_keys, strict=False).set(PARAMS_KEY, params))
             agent = order[:, step]
-            action[rows, agent] = acted["agents", "action"][rows, agent]
-            log_prob[rows, agent] = acted["agents", "log_prob"][rows, agent]
+            if draw:
+                action[rows, agent] = for_collection.draw(params, noise, head_inputs)[rows, agent]
+            else:
+                acted = for_collection.head(head_inputs.clone().set(PARAMS_KEY, params))
+                action[rows, agent] = acted["agents", "action"][rows, agent]
+                log_prob[rows, agent] = acted["agents", "log_prob"][rows, agent]
+        if draw:
+            log_prob = for_collection.head.get_dist(head_inputs.clone().set(PARAMS_KEY, params)).log_prob(action)
     assert torch.equal(sampled["agents", "agent_order"], order)
-    exact = dict(rtol=0, atol=0) if kind != "transformer" else dict(rtol=1e-5, atol=1e-5)
+    exact = dict(rtol=1e-5, atol=1e-5)
     if continuous:
         torch.testing.assert_close(sampled["agents", "action"], action, **exact)
-    else:  # the same uniforms against (nearly) the same cumulative probabilities: the same actions
+    else:  # the same noise against (nearly) the same parameters: the same actions
         assert torch.equal(sampled["agents", "action"], action)
     torch.testing.assert_close(sampled["agents", "log_prob"], log_prob, **exact)
     torch.testing.assert_close(sampled[PARAMS_KEY], params, **exact)
+
+
+@pytest.mark.parametrize("bounds", [(-1.0, 1.0), (torch.tensor([-2.0, 0.0]), torch.tensor([3.0, 0.5])), None])
+def test_normal_draw_is_torchrl_rsample_and_deterministic_sample(bounds):
+    """The same noise gives TorchRL's own draw, bit for bit: TanhNormal with the identity and a
+    non-trivial map onto its bounds, and IndependentNormal; zero noise its deterministic action."""
+    g = torch.Generator().manual_seed(0)
+    params = 3 * torch.randn(BATCH, AGENTS, 2 * DIMS, generator=g)  # wide: some tanh saturate
+    extractor = NormalParamExtractor()
+    loc, scale = extractor(params)
+    if bounds is None:
+        dist, draw = IndependentNormal(loc, scale), NormalDraw(extractor, DIMS)
+    else:
+        dist, draw = TanhNormal(loc, scale, low=bounds[0], high=bounds[1]), NormalDraw(extractor, DIMS, *bounds)
+    torch.manual_seed(3)
+    expected = dist.rsample()
+    torch.manual_seed(3)
+    noise = draw.noise(torch.Size([BATCH, AGENTS]), torch.device("cpu"))
+    assert torch.equal(draw(params, noise, None), expected)
+    assert torch.equal(draw(params, torch.zeros_like(noise), None), dist.deterministic_sample)
+
+
+def test_gumbel_max_draw_samples_the_masked_softmax_and_zero_noise_gives_the_mode():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, ACTIONS, generator=g)
+    mask = torch.tensor([[True] * ACTIONS, [True, False, True, False], [False, False, True, False]])
+    draw = GumbelMaxDraw(ACTIONS, ("agents", "action_mask"))
+    draws = 200_000
+    inputs = TensorDict({"agents": {"action_mask": mask.expand(draws, 3, ACTIONS)}}, [draws])
+    torch.manual_seed(0)
+    actions = draw(logits.expand(draws, 3, ACTIONS), draw.noise(torch.Size([draws, 3]), torch.device("cpu")), inputs)
+    frequencies = torch.nn.functional.one_hot(actions, ACTIONS).float().mean(0)
+    expected = MaskedCategorical(logits=logits, mask=mask).probs
+    assert (frequencies[~mask] == 0).all()  # masked-out actions are never drawn
+    torch.testing.assert_close(frequencies, expected, rtol=0, atol=4e-3)  # about 4 standard errors
+    mode = draw(logits, torch.zeros(3, ACTIONS), TensorDict({"agents": {"action_mask": mask}}))
+    assert torch.equal(mode, MaskedCategorical(logits=logits, mask=mask).deterministic_sample)
+
+
+@pytest.mark.parametrize("kind, continuous", CASES)
+def test_deterministic_sampling_with_a_draw_equals_the_heads_deterministic_actions(kind, continuous):
+    _, _, _, with_draw = build(kind, continuous, agent_order="fixed")
+    _, _, _, with_head = build(kind, continuous, agent_order="fixed", draw=False)
+    data = batch()
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        state = torch.get_rng_state()
+        drawn = with_draw(data.clone())
+        assert torch.equal(torch.get_rng_state(), state)  # no noise drawn
+        headed = with_head(data.clone())
+    for key in [("agents", "action"), ("agents", "log_prob"), PARAMS_KEY]:
+        torch.testing.assert_close(drawn[key], headed[key], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_make_guider_samples_with_its_heads_draw(continuous):
+    """make_guider's samplers draw the noise once per step (a bounded TanhNormal with a
+    non-trivial map onto its bounds, a masked categorical) and store the teacher-forced log-probs."""
+    from torchrl.data import Bounded, Categorical as CategoricalSpec, Composite, Unbounded
+
+    torch.manual_seed(0)
+    param_dim = 2 * DIMS if continuous else ACTIONS
+    learner_net = TensorDictModule(torch.nn.Linear(OBS, param_dim), [OBS_KEY], [("agents", "logits")])
+    spec = (Bounded(torch.tensor([-2.0, 0.0]).expand(AGENTS, DIMS), torch.tensor([3.0, 0.5]).expand(AGENTS, DIMS),
+                    shape=(AGENTS, DIMS)) if continuous else CategoricalSpec(ACTIONS, shape=(AGENTS,)))
+    core, for_loss, for_collection = make_guider(
+        "anchored", group="agents", observation_spec=Composite(observation=Unbounded((AGENTS, OBS))),
+        action_spec=spec, continuous=continuous, learner_module=learner_net, width=16, action_mask=not continuous,
+    )
+    assert isinstance(for_collection.draw, NormalDraw if continuous else GumbelMaxDraw)
+    torch.nn.init.normal_(core.correction[-1].weight, std=0.5)
+    data = batch()
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        for_collection(data)
+        teacher_forced = for_loss.get_dist(data.clone()).log_prob(data["agents", "action"])
+    torch.testing.assert_close(teacher_forced, data["agents", "log_prob"], rtol=1e-5, atol=1e-5)
+    action = data["agents", "action"]
+    if continuous:
+        assert ((action >= spec.space.low) & (action <= spec.space.high)).all()
+    else:
+        assert data["agents", "action_mask"].gather(-1, action[..., None]).all()
 
 
 def test_orders_random_per_step_or_fixed():
@@ -216,18 +320,28 @@ def test_backtrack_makes_guider_equal_learner_on_random_inputs(continuous):
         torch.testing.assert_close(guider_params, learner_params, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("draw", [True, False])
 @pytest.mark.parametrize("continuous", [False, True])
-def test_guider_equal_to_its_learner_samples_every_agent_in_one_pass(continuous):
-    core, learner_net, for_loss, for_collection = build("residual", continuous)
-    passes = []
-    for_collection.head.register_forward_hook(lambda *args: passes.append(1))
+def test_guider_equal_to_its_learner_samples_every_agent_in_one_pass(continuous, draw, monkeypatch):
+    core, learner_net, for_loss, for_collection = build("residual", continuous, draw=draw)
+    passes = []  # the sampler's calls of the core: one decode_next per agent, or one decode for all
+    for name in ("decode", "decode_next"):
+        method = getattr(core, name)
+        monkeypatch.setattr(core, name, lambda *args, method=method, name=name: passes.append(name) or method(*args))
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
         for_collection(batch())
-        assert len(passes) == AGENTS  # a non-zero correction: agent after agent
+        assert passes.count("decode_next") == AGENTS  # a non-zero correction: agent after agent
         core.reset_to(learner_net)
         passes.clear()
+        torch.manual_seed(7)
         data = for_collection(batch())
-        assert len(passes) == 1
+        assert passes == ["decode"]
+        if draw:  # the same noise: agent after agent would have drawn the very same actions
+            monkeypatch.setattr(core, "depends_on_previous_actions", lambda: True)
+            torch.manual_seed(7)
+            one_by_one = for_collection(batch())
+            for key in [("agents", "action"), ("agents", "log_prob"), ("agents", "agent_order")]:
+                assert torch.equal(one_by_one[key], data[key]), key
         # exact, not an approximation: no agent's parameters move with the others' actions ...
         changed = data.clone()
         action = changed["agents", "action"]
