@@ -523,7 +523,10 @@ class GumbelMaxDraw(ActionDraw):
         self.noise_size, self.mask_key = n_actions, mask_key
 
     def noise(self, shape, device):
-        return -torch.empty(*shape, self.noise_size, device=device).exponential_().log()  # -log Exp(1) ~ Gumbel
+        exponential = torch.empty(*shape, self.noise_size, device=device).exponential_()
+        # -log Exp(1) is standard Gumbel. exponential_ can return exactly 0, an infinite noise that
+        # would win the argmax even against a masked action's -inf (inf - inf = nan): floor it.
+        return -exponential.clamp_(min=torch.finfo(exponential.dtype).tiny).log()
 
     def __call__(self, params, noise, inputs):
         if self.mask_key is not None:

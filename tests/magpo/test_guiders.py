@@ -226,6 +226,16 @@ def test_gumbel_max_draw_samples_the_masked_softmax_and_zero_noise_gives_the_mod
     assert torch.equal(mode, MaskedCategorical(logits=logits, mask=mask).deterministic_sample)
 
 
+def test_gumbel_noise_is_finite_even_where_the_exponential_draw_is_zero(monkeypatch):
+    draw = GumbelMaxDraw(ACTIONS, ("agents", "action_mask"))
+    monkeypatch.setattr(torch.Tensor, "exponential_", lambda self: self.zero_())  # the worst draw
+    noise = draw.noise(torch.Size([2, AGENTS]), torch.device("cpu"))
+    assert torch.isfinite(noise).all()
+    mask = torch.tensor([False, True, False, False]).expand(2, AGENTS, ACTIONS)
+    actions = draw(torch.zeros(2, AGENTS, ACTIONS), noise, TensorDict({"agents": {"action_mask": mask}}))
+    assert (actions == 1).all()  # never a masked action
+
+
 @pytest.mark.parametrize("kind, continuous", CASES)
 def test_deterministic_sampling_with_a_draw_equals_the_heads_deterministic_actions(kind, continuous):
     _, _, _, with_draw = build(kind, continuous, agent_order="fixed")
