@@ -131,18 +131,17 @@ class _GuiderCore(nn.Module):
 
     def start_decoding(self, context):
         """What :meth:`decode_next` carries from one step of the order to the next (the
-        transformer: the attention keys and values so far); this default keeps nothing."""
-        return None
+        transformer: the attention keys and values so far; the corrected guiders: their first
+        layer's fixed part and the sum of the earlier actions' embeddings)."""
+        raise NotImplementedError
 
     def decode_next(self, context, state, order: torch.Tensor, step: int, action: torch.Tensor):
         """``(params [*B, P], state)``: the parameters of the agent acting at ``step`` of
         ``order`` given the actions ``[*B, n_agents, ...]`` of the agents before it (the other
         entries are ignored), and the state for the next step; sampling calls it for steps 0, 1, ...
-        in turn from :meth:`start_decoding`. This default runs the whole :meth:`decode` and keeps
-        the acting agent's row."""
-        params = self.decode(context, action)
-        acting = order[..., step, None, None].expand(*order.shape[:-1], 1, params.shape[-1])
-        return params.gather(-2, acting).squeeze(-2), state
+        in turn from :meth:`start_decoding`. Equal, up to rounding, to that agent's row of
+        :meth:`decode`."""
+        raise NotImplementedError
 
     def depends_on_previous_actions(self) -> bool:
         """Whether the parameters can currently depend on the other agents' actions. When they

@@ -11,6 +11,8 @@ from tensordict.nn import (
     ProbabilisticTensorDictSequential,
     TensorDictModule,
 )
+from torchrl.data import Bounded, Composite, Unbounded
+from torchrl.data import Categorical as CategoricalSpec
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import IndependentNormal, MaskedCategorical, TanhNormal
 from torchrl.objectives import ClipPPOLoss
@@ -254,8 +256,6 @@ def test_deterministic_sampling_with_a_draw_equals_the_heads_deterministic_actio
 def test_make_guider_samples_with_its_heads_draw(continuous):
     """make_guider's samplers draw the noise once per step (a bounded TanhNormal with a
     non-trivial map onto its bounds, a masked categorical) and store the teacher-forced log-probs."""
-    from torchrl.data import Bounded, Categorical as CategoricalSpec, Composite, Unbounded
-
     torch.manual_seed(0)
     param_dim = 2 * DIMS if continuous else ACTIONS
     learner_net = TensorDictModule(torch.nn.Linear(OBS, param_dim), [OBS_KEY], [("agents", "logits")])
