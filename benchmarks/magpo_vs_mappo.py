@@ -23,6 +23,8 @@ Writes to ``--out``:
   with the date, machine, versions and commit;
   with ``--absolute-episodes N``, also the protocol's absolute metric of every run (its best
   evaluation's parameters evaluated again on N episodes at the end, ``absolute_metric_episodes``);
+  per-seed differences against MAPPO (each run minus MAPPO's run of the same seed, which for a
+  MAGPO preset also starts from the same actor and critic), and the mean curve over seeds;
 * ``magpo_vs_mappo_<task>.png``: evaluation return against frames, mean and 95% CI, and the
   random level;
 * ``magpo_vs_mappo_curves.csv``: every evaluation point of every run, read from BenchMARL's csv
@@ -119,8 +121,9 @@ def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]]
     ]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.axhline(random_level, color="gray", ls=":", label="uniformly random actions")
+    curves_of = {a: [curve(f) for f in folders[a]] for a in algorithms}
     for algorithm in algorithms:
-        curves = [curve(f) for f in folders[algorithm]]
+        curves = curves_of[algorithm]
         finals = [c[-1][1] for c in curves]
         aucs = [area_under_curve(c) for c in curves]
         diagnostics = (
@@ -147,7 +150,46 @@ def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]]
     png = out / f"magpo_vs_mappo_{task.replace('/', '_')}.png"
     fig.savefig(png, dpi=120)
     plt.close(fig)
-    return [*lines, "", f"![{task}]({png.name})", ""]
+    labelled = {label[a]: curves_of[a] for a in algorithms}
+    return [*lines, "", *paired_differences(labelled, "MAPPO"), *mean_curve_table(labelled), f"![{task}]({png.name})", ""]
+
+
+def paired_differences(curves: dict[str, list[list[tuple[float, float]]]], baseline: str) -> list[str]:
+    """Markdown lines: for every policy but ``baseline``, the mean over seeds of (its run minus
+    the baseline's run of the same seed) in final return and AUC, with a 95% bootstrap CI.
+
+    ``curves`` maps a policy to its evaluation curves, one per seed in seed order, each a list of
+    (frames, return). Pairing by seed removes what the two runs share: the seed's environments and,
+    for MAGPO presets, the initial networks (the learner and critic start as MAPPO's actor and
+    critic of that seed). Each policy must have as many seeds as the baseline.
+    """
+    base = curves[baseline]
+    rows = []
+    for policy, runs in curves.items():
+        if policy == baseline:
+            continue
+        if len(runs) != len(base):
+            raise ValueError(f"{policy} has {len(runs)} seeds and {baseline} {len(base)}: no pairing by seed")
+        cells = []
+        for measure in (lambda c: c[-1][1], area_under_curve):
+            mean, low, high = interval([measure(a) - measure(b) for a, b in zip(runs, base)])
+            cells.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
+        rows.append(f"| {policy} | {' | '.join(cells)} |")
+    return [f"Per-seed differences against {baseline} (the run of the same seed minus {baseline}'s), mean [95% CI over seeds]:",
+            "", "| policy | final return | AUC |", "| --- | --- | --- |", *rows, ""]
+
+
+def mean_curve_table(curves: dict[str, list[list[tuple[float, float]]]]) -> list[str]:
+    """Markdown lines: the mean evaluation return over seeds of every policy at every evaluation
+    (columns in thousands of frames). Every run must have evaluated at the same frames."""
+    frames = [x for x, _ in next(iter(curves.values()))[0]]
+    rows = []
+    for policy, runs in curves.items():
+        if any([x for x, _ in run] != frames for run in runs):
+            raise ValueError(f"{policy}'s runs did not all evaluate at frames {frames}: no common curve table")
+        rows.append(f"| {policy} | " + " | ".join(f"{statistics.fmean(run[k][1] for run in runs):.2f}" for k in range(len(frames))) + " |")
+    return ["Mean evaluation return over seeds (thousands of frames):", "",
+            "| policy | " + " | ".join(f"{x / 1000:g}" for x in frames) + " |", "| --- |" + " --- |" * len(frames), *rows, ""]
 
 
 def main(argv=None) -> None:

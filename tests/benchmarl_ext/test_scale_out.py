@@ -256,3 +256,28 @@ def test_a_bad_runs_file_is_refused_naming_the_field(tmp_path, content, message)
         path.write_text(content)
     with pytest.raises(ValueError, match=r"^hydra\.sweeper\.runs_file=.*" + message):
         read_runs(path)
+
+
+def test_magpo_vs_mappo_pairs_runs_by_seed_and_tables_the_mean_curve():
+    """The report's per-seed differences subtract MAPPO's run of the same seed (not the means of
+    the two columns alone), and its curve table is the mean over seeds at every evaluation; runs
+    that cannot be paired or that evaluated at other frames are refused."""
+    pytest.importorskip("rliable", reason="the report extra (part of the test extra) is missing")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import magpo_vs_mappo
+
+    def run(*returns):
+        return [(3000.0 * (k + 1), r) for k, r in enumerate(returns)]
+
+    # seed 0 is easy for both, seed 1 hard for both: the candidate is 1 ahead on every seed
+    curves = {"MAPPO": [run(0.0, 10.0), run(-8.0, -4.0)], "magpo learner": [run(1.0, 11.0), run(-7.0, -3.0)]}
+    lines = magpo_vs_mappo.paired_differences(curves, "MAPPO")
+    (row,) = [line for line in lines if line.startswith("| magpo learner")]
+    assert row == "| magpo learner | +1.00 [+1.00, +1.00] | +1.00 [+1.00, +1.00] |"
+    table = magpo_vs_mappo.mean_curve_table(curves)
+    assert "| policy | 3 | 6 |" in table
+    assert "| MAPPO | -4.00 | 3.00 |" in table and "| magpo learner | -3.00 | 4.00 |" in table
+    with pytest.raises(ValueError, match="magpo learner has 1 seeds and MAPPO 2"):
+        magpo_vs_mappo.paired_differences({**curves, "magpo learner": curves["magpo learner"][:1]}, "MAPPO")
+    with pytest.raises(ValueError, match="did not all evaluate at frames"):
+        magpo_vs_mappo.mean_curve_table({**curves, "magpo learner": [run(1.0, 11.0), run(-7.0)]})
