@@ -35,8 +35,10 @@ behaviour MAGPO needs, and the checks and resume guarantees every run deserves
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List
@@ -164,6 +166,24 @@ class BestEvaluation(Callback):
     def load_state_dict(self, state: Dict) -> None:
         self.mean_return, self.total_frames = state["mean_return"], state["total_frames"]
         self.policy_state = state["policy"]
+
+
+@contextlib.contextmanager
+def random_streams_kept():
+    """Run the block, then put back every random stream a training run draws from: the global
+    generators (BenchMARL's own evaluation keeps those too) and VMAS's, which all VMAS environments
+    of a process share (the class attribute ``Environment.vmas_random_state``), so that resetting
+    the test environment would otherwise move the training environments' next initial states."""
+    state = rng_state()
+    vmas_environment = sys.modules.get("vmas.simulator.environment.environment")
+    shared = vmas_environment.Environment.vmas_random_state if vmas_environment is not None else None
+    vmas_state = list(shared) if shared is not None else None
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+        if shared is not None:
+            shared[:] = vmas_state
 
 
 def mean_episode_return(rollouts: List[TensorDictBase], groups) -> torch.Tensor:
@@ -309,8 +329,11 @@ class MagpoExperiment(Experiment):
 
     @torch.no_grad()
     def _evaluate_guider(self) -> None:
-        """Roll out the guider (centralized execution) and log it under eval_guider/...."""
-        rollouts = self._rollouts(self.algorithm.get_guider_policy(), self.config.evaluation_episodes)
+        """Roll out the guider (centralized execution) and log it under eval_guider/.... A
+        diagnostic: it draws from no random stream that training uses (:func:`random_streams_kept`),
+        so a run trains as it would without it."""
+        with random_streams_kept():
+            rollouts = self._rollouts(self.algorithm.get_guider_policy(), self.config.evaluation_episodes)
         to_log = {}
         group_means = []
         for group in self.group_map:

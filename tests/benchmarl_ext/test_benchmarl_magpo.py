@@ -231,6 +231,25 @@ def test_magpo_held_at_its_learner_with_mappos_settings_updates_as_mappo_does(tm
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7)
 
 
+def test_guider_evaluation_leaves_training_unchanged(tmp_path, monkeypatch):
+    """eval_guider/... is a diagnostic: a run that also evaluates its guider trains exactly as one
+    that does not. Without keeping the random streams, the guider's rollouts would draw agent
+    orders from torch's generator and move VMAS's own stream, which the training environments
+    share with the test environment, and every later batch would differ."""
+    overrides = ["algorithm=magpo", "experiment.max_n_frames=240", "experiment.checkpoint_at_end=false", "seed=1"]
+    with_guider = make_experiment(tmp_path / "with", overrides)
+    with_guider.run()
+    monkeypatch.setattr(experiment_module.MagpoExperiment, "_evaluate_guider", lambda self: None)
+    without = make_experiment(tmp_path / "without", overrides)
+    without.run()
+    assert read_scalar(with_guider.folder_name, "eval_guider_reward_episode_reward_mean")  # it did evaluate
+    assert not read_scalar(without.folder_name, "eval_guider_reward_episode_reward_mean")
+    for name in ("collection_reward_reward_mean", "train_agents_loss_learner", "train_agents_loss_guider",
+                 "train_agents_loss_critic", "eval_reward_episode_reward_mean"):
+        logged = read_scalar(with_guider.folder_name, name)
+        assert len(logged) == 3 and logged == read_scalar(without.folder_name, name), name
+
+
 def test_checkpoint_holds_everything_and_resume_continues(tmp_path):
     overrides = ["algorithm=magpo", *SMALL_GUIDER, "experiment.evaluation=false"]
     first = make_experiment(tmp_path / "a", overrides)
