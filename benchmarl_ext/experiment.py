@@ -172,8 +172,8 @@ class BestEvaluation(Callback):
 def random_streams_kept():
     """Run the block, then put back every random stream a training run draws from: the global
     generators (BenchMARL's own evaluation keeps those too) and VMAS's, which all VMAS environments
-    of a process share (the class attribute ``Environment.vmas_random_state``), so that resetting
-    the test environment would otherwise move the training environments' next initial states."""
+    of a process share (the class attribute ``Environment.vmas_random_state``): without it, a reset
+    of the test environment would move the training environments' next initial states."""
     state = rng_state()
     vmas_environment = sys.modules.get("vmas.simulator.environment.environment")
     shared = vmas_environment.Environment.vmas_random_state if vmas_environment is not None else None

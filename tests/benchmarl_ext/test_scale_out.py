@@ -163,8 +163,14 @@ def test_magpo_vs_mappo_reports_the_absolute_metric(tmp_path):
     report = (tmp_path / "magpo_vs_mappo.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| policy"))
     assert "| absolute metric | per seed |" in header
-    rows = [line for line in report.splitlines() if line.startswith(("| MAPPO", "| magpo learner"))]
+    lines = report.splitlines()
+    table = lines[lines.index(header):]
+    table = table[:table.index("")]  # the task's main table, not the difference and curve tables below it
+    rows = [line for line in table if line.startswith(("| MAPPO", "| magpo learner"))]
     assert len(rows) == 2 and all(len(row.split("|")) == len(header.split("|")) for row in rows)
+    below = lines[next(i for i, line in enumerate(lines) if line.startswith("Per-seed differences against MAPPO")):]
+    difference = next(line for line in below if line.startswith("| magpo learner |"))
+    assert all(cell.strip().startswith(("+", "-")) for cell in difference.split("|")[2:4])  # final, AUC
     assert "--absolute-episodes 3" in report and "on 3 episodes" in report
     assert "the learner), deterministic actions." in report
     (random_row,) = [line for line in report.splitlines() if line.startswith("| uniformly random actions")]
