@@ -195,6 +195,8 @@ def mean_curve_table(curves: dict[str, list[list[tuple[float, float]]]]) -> list
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds per algorithm and task, >= 2")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds are first-seed .. first-seed + seeds - 1, >= 0 (a fresh set to confirm a lead found on others)")
     parser.add_argument("--tasks", default=DEFAULT_TASKS, help="comma-separated BenchMARL tasks")
     parser.add_argument("--experiment", default="cpu")
     parser.add_argument("--magpo", default="magpo,magpo_transformer",
@@ -211,6 +213,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.seeds < 2:
         parser.error(f"--seeds must be >= 2 for a confidence interval, got {args.seeds}")
+    if args.first_seed < 0:
+        parser.error(f"--first-seed must be >= 0, got {args.first_seed}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.absolute_episodes < 0:
@@ -227,7 +231,7 @@ def main(argv=None) -> None:
 
     runs, keys = [], []
     for task in tasks:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             shift = seed % len(algorithms)
             for algorithm in algorithms[shift:] + algorithms[:shift]:
                 name = f"{task.replace('/', '_')}_{re.sub(r'[^A-Za-z0-9_]+', '_', algorithm)}_seed{seed}"
@@ -247,15 +251,17 @@ def main(argv=None) -> None:
         writer.writerow(["task", "algorithm", "seed", "frames", "eval_return"])
         for task in tasks:
             for algorithm in algorithms:
-                for seed, folder in enumerate(folders[task][algorithm]):
+                for seed, folder in enumerate(folders[task][algorithm], start=args.first_seed):
                     writer.writerows([task, algorithm, seed, x, y] for x, y in curve(folder))
 
-    command = (f"python benchmarks/magpo_vs_mappo.py --seeds {args.seeds} --tasks {args.tasks} --experiment {args.experiment} "
+    command = (f"python benchmarks/magpo_vs_mappo.py --seeds {args.seeds}"
+               f"{f' --first-seed {args.first_seed}' if args.first_seed else ''} --tasks {args.tasks} --experiment {args.experiment} "
                f"--magpo {args.magpo} --jobs {args.jobs}"
                f"{f' --absolute-episodes {args.absolute_episodes}' if args.absolute_episodes else ''}"
                f"{' ' + ' '.join(args.overrides) if args.overrides else ''}")
     lines = [
-        f"# MAGPO vs MAPPO (experiment={args.experiment}, {args.seeds} seeds)",
+        f"# MAGPO vs MAPPO (experiment={args.experiment}, {args.seeds} seeds"
+        f"{f', {args.first_seed}-{args.first_seed + args.seeds - 1}' if args.first_seed else ''})",
         "",
         f"{provenance()} Command: `{command}`.",
         "",

@@ -3,6 +3,7 @@ conf/hydra/launcher, and TensorBoard through BenchMARL's logger. Tiny sizes."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -149,8 +150,9 @@ def test_benchmark_runs_go_through_a_launcher_and_finished_ones_are_reused(tmp_p
 
 
 def test_magpo_vs_mappo_reports_the_absolute_metric(tmp_path):
-    """benchmarks/magpo_vs_mappo.py end to end at tiny sizes, 2 seeds, with --absolute-episodes:
-    every run re-evaluates its best evaluation, and the task's table has the column."""
+    """benchmarks/magpo_vs_mappo.py end to end at tiny sizes, 2 seeds from --first-seed 5, with
+    --absolute-episodes: every run re-evaluates its best evaluation, and the task's table has the
+    column."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the launchers extra (part of the test extra) is missing")
     pytest.importorskip("rliable", reason="the report extra (part of the test extra) is missing")
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -158,7 +160,7 @@ def test_magpo_vs_mappo_reports_the_absolute_metric(tmp_path):
     import runs_common
 
     sizes = [o for o in TINY if not o.startswith(("task=", "experiment="))]
-    magpo_vs_mappo.main(["--seeds", "2", "--tasks", "vmas/balance", "--magpo", "magpo", "--jobs", "2",
+    magpo_vs_mappo.main(["--seeds", "2", "--first-seed", "5", "--tasks", "vmas/balance", "--magpo", "magpo", "--jobs", "2",
                          "--absolute-episodes", "3", "--out", str(tmp_path), *sizes])
     report = (tmp_path / "magpo_vs_mappo.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| policy"))
@@ -178,8 +180,15 @@ def test_magpo_vs_mappo_reports_the_absolute_metric(tmp_path):
     level = float(random_row.split("|")[2])
     assert level == float(random_row.split("|")[4])  # the AUC of a constant is the constant
     assert level == pytest.approx(runs_common.random_policy_return(["algorithm=mappo", "seed=0", *TINY]), abs=5e-3)
-    for run in (tmp_path / "runs").glob("*_seed*"):
-        assert "absolute_metric_episodes=3" in (run / ".hydra" / "overrides.yaml").read_text()
+    runs = sorted((tmp_path / "runs").glob("*_seed*"))
+    assert [run.name for run in runs] == ["vmas_balance_magpo_seed5", "vmas_balance_magpo_seed6",
+                                          "vmas_balance_mappo_seed5", "vmas_balance_mappo_seed6"]
+    for run in runs:
+        overrides = (run / ".hydra" / "overrides.yaml").read_text()
+        assert "absolute_metric_episodes=3" in overrides and f"seed={run.name[-1]}" in overrides
+    with (tmp_path / "magpo_vs_mappo_curves.csv").open() as f:
+        assert {row["seed"] for row in csv.DictReader(f)} == {"5", "6"}
+    assert "2 seeds, 5-6)" in report and "--seeds 2 --first-seed 5 " in report
     assert (tmp_path / "magpo_vs_mappo_protocol.md").exists()
 
 
