@@ -3,6 +3,7 @@ per-iteration cost and the guider's diagnostics.
 
     python benchmarks/magpo_vs_mappo.py --seeds 5 --jobs 2      # balance, give_way, navigation
     python benchmarks/magpo_vs_mappo.py --seeds 3 --tasks vmas/balance --magpo magpo,magpo_residual
+    python benchmarks/magpo_vs_mappo.py --seeds 10 --first-seed 20 --tasks vmas/navigation --magpo magpo  # fresh seeds
 
 Each (task, seed, algorithm) is one ``benchmarl run ... experiment=cpu``, launched through Hydra
 (``runs_common.run_many``: ``--launcher`` a preset such as ``magpo_slurm``, or ``magpo_local``
