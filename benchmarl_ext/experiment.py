@@ -16,8 +16,8 @@ behaviour MAGPO needs, and the checks and resume guarantees every run deserves
   same from the restored generators, so a run resumed from iteration k equals the straight
   run bit for bit (same machine, versions and thread count). Its csv logs drop the rows written
   after the checkpoint, so steps are not repeated.
-* Backtracking (``algorithm.backtrack=true``): after each group's optimizer steps the residual
-  guider is reset to the learner, through the public ``on_train_end`` callback.
+* Backtracking (``algorithm.backtrack=true``): after each group's optimizer steps the anchored
+  or residual guider is reset to the learner, through the public ``on_train_end`` callback.
 * ``algorithm.delta=auto``: delta adapts between iterations (:class:`magpo.DeltaSchedule`), is
   logged as ``train/<group>/delta`` and is saved in checkpoints.
 * ``algorithm.agent_order=per_epoch``: a new training order at every PPO epoch, through the
@@ -58,7 +58,7 @@ from magpo import MAGPOLoss
 
 
 class GuiderBacktrack(Callback):
-    """Resets a residual guider to its learner after every training iteration (paper step 4)."""
+    """Resets an anchored or residual guider to its learner after every training iteration (paper step 4)."""
 
     def on_train_end(self, training_td: TensorDictBase, group: str) -> None:
         algorithm = self.experiment.algorithm

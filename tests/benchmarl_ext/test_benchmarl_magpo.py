@@ -120,14 +120,19 @@ def test_evaluation_uses_the_learner_on_own_observations_only(tmp_path):
     experiment.close()
 
 
-def test_backtrack_resets_the_guider_after_each_training_iteration(tmp_path):
+@pytest.mark.parametrize(
+    "guider", [["algorithm=magpo_residual"], ["algorithm=magpo", "algorithm.backtrack=true"]], ids=["residual", "anchored"]
+)
+def test_backtrack_resets_the_guider_after_each_training_iteration(tmp_path, guider):
     experiment = make_experiment(
         # the magpo_residual preset: guider=residual, backtrack=true
-        tmp_path, ["algorithm=magpo_residual", "algorithm.guider_embed_dim=8", "experiment.evaluation=false",
+        tmp_path, [*guider, "algorithm.guider_embed_dim=8", "experiment.evaluation=false",
                    "experiment.checkpoint_at_end=false"]
     )
     experiment.run()  # two iterations; the last one ends with a backtrack
     algorithm = experiment.algorithm
+    last_layer = algorithm._guider_cores["agents"].correction[-1].weight
+    assert experiment.optimizers["agents"]["loss_guider"].state[last_layer]["exp_avg"].abs().sum() > 0  # it did learn
     guider = algorithm.get_policy_for_loss("agents")
     learner = algorithm._learners["agents"]
     for seed in range(3):

@@ -247,13 +247,15 @@ BAD_VALUES = [
     # (overrides, field named in the error)
     (["algorithm.delta=1.0"], "algorithm.delta"),
     (["algorithm.guider=lstm"], "algorithm.guider"),
-    (["algorithm.backtrack=true"], "algorithm.backtrack"),
+    (["algorithm=magpo_transformer", "algorithm.backtrack=true"], "algorithm.backtrack"),
     (["algorithm.agent_order=alphabetical"], "algorithm.agent_order"),
     (["algorithm.clip_epsilon=1.5"], "algorithm.clip_epsilon"),
     (["algorithm.aux_coef=-1"], "algorithm.aux_coef"),
     (["algorithm.learner_kl=both"], "algorithm.learner_kl"),
     (["algorithm.guider=transformer", "algorithm.guider_heads=3"], "algorithm.guider_embed_dim"),
     (["algorithm.guider_memory=gru"], "algorithm.guider_memory"),  # the default guider (anchored) has none
+    (["algorithm.guider_anchor=frozen"], "algorithm.guider_anchor"),
+    (["algorithm=magpo_transformer", "algorithm.guider_anchor=collection"], "algorithm.guider_anchor"),
     (["algorithm.guider_lr=0"], "algorithm.guider_lr"),
     (["algorithm.guider_lr=-0.001"], "algorithm.guider_lr"),
     (["algorithm.guider_warmup_frames=-80"], "algorithm.guider_warmup_frames"),
