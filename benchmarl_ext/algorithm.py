@@ -29,13 +29,13 @@ from torchrl.envs import Compose, EnvBase, InitTracker, TensorDictPrimer, Transf
 from torchrl.objectives import ValueEstimators
 
 from magpo import DeltaSchedule, LossOptions, MAGPOLoss
-from magpo.guiders import AGENT_ORDERS, EPISODE_START_KEY, GUIDER_ANCHORS, GUIDER_KINDS, GUIDER_MEMORIES, make_guider
+from magpo.guiders import AGENT_ORDERS, EPISODE_START_KEY, GUIDER_KINDS, GUIDER_MEMORIES, make_guider
 
 
 def guider_for_group(algorithm: Mappo, group: str, continuous: bool, kind: str, **options):
     """:func:`magpo.guiders.make_guider` for ``group`` of a BenchMARL (MAPPO-family) algorithm:
     its observation, state, action and action-mask specs, Normal head settings and device.
-    ``options``: ``width``, ``heads``, ``layers``, ``agent_order``, ``memory``, ``learner_module`` and ``anchor``."""
+    ``options``: ``width``, ``heads``, ``layers``, ``agent_order``, ``memory`` and ``learner_module``."""
     return make_guider(
         kind,
         group=group,
@@ -57,7 +57,7 @@ class Magpo(Mappo):
     Args (besides MAPPO's, see :class:`MagpoConfig` for the meaning of each field):
         loss_options: the loss hyperparameters, built and validated once by the config.
         delta_schedule: how delta adapts between iterations (``delta: auto``), or None (fixed).
-        guider, guider_anchor, guider_memory, guider_embed_dim, guider_heads, guider_layers, guider_lr,
+        guider, guider_memory, guider_embed_dim, guider_heads, guider_layers, guider_lr,
         guider_warmup_frames, agent_order, backtrack, normalize_advantage, clip_value.
     """
 
@@ -66,7 +66,6 @@ class Magpo(Mappo):
         loss_options: LossOptions,
         delta_schedule: Optional[DeltaSchedule],
         guider: str,
-        guider_anchor: str,
         guider_memory: str,
         guider_embed_dim: int,
         guider_heads: int,
@@ -90,7 +89,6 @@ class Magpo(Mappo):
         self.loss_options = loss_options
         self.delta_schedule = delta_schedule
         self.guider_type = guider
-        self.guider_anchor = guider_anchor
         self.guider_memory = guider_memory
         if guider_memory != "none":
             # whole rollouts in the buffer and in every minibatch: the guider reruns its memory over them
@@ -124,7 +122,6 @@ class Magpo(Mappo):
             core, for_loss, for_collection = guider_for_group(
                 self, group, continuous, self.guider_type,
                 learner_module=None if self.guider_type == "transformer" else self._learner_params_module(group),
-                anchor=self.guider_anchor,
                 width=self.guider_embed_dim, heads=self.guider_heads, layers=self.guider_layers,
                 agent_order=self.agent_order, memory=self.guider_memory,
             )
@@ -247,7 +244,6 @@ class MagpoConfig(MappoConfig):
     aux_coef: float = LossOptions.aux_coef
     learner_kl: str = LossOptions.learner_kl
     guider: str = "anchored"
-    guider_anchor: str = "live"
     guider_memory: str = "none"
     guider_embed_dim: int = 64
     guider_heads: int = 4
@@ -283,12 +279,6 @@ class MagpoConfig(MappoConfig):
             raise type(err)(f"algorithm.{err}") from None
         if self.guider not in GUIDER_KINDS:
             raise ValueError(f"algorithm.guider must be one of {GUIDER_KINDS}, got {self.guider!r}")
-        if self.guider_anchor not in GUIDER_ANCHORS:
-            raise ValueError(f"algorithm.guider_anchor must be one of {GUIDER_ANCHORS}, got {self.guider_anchor!r}")
-        if self.guider_anchor != "live" and self.guider != "anchored":
-            raise ValueError(
-                f"algorithm.guider_anchor={self.guider_anchor} needs algorithm.guider=anchored, got {self.guider!r}"
-            )
         if self.guider_memory not in GUIDER_MEMORIES:
             raise ValueError(f"algorithm.guider_memory must be one of {GUIDER_MEMORIES}, got {self.guider_memory!r}")
         if self.guider_memory != "none" and self.guider != "transformer":

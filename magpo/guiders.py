@@ -7,10 +7,9 @@ distribution parameters. Three cores:
 * :class:`TransformerGuider` (MAT-style, arXiv 2205.14953): a transformer encoder over the agents'
   observation embeddings (plus a state token), and a decoder whose causal self-attention runs
   over the previously chosen actions, in execution order, with cross-attention to the encoding.
-* :class:`AnchoredGuider`: stop-gradient(the learner's output) plus a zero-initialised
+* :class:`AnchoredGuider`: stop-gradient(the live learner's output) plus a zero-initialised
   correction that sees the centralized context and the previous actions. It starts equal to the
-  learner (mu_0 = pi_0, where the paper's theory starts) and follows the learner: at every
-  update (``anchor="live"``) or at every collection (``anchor="collection"``).
+  learner (mu_0 = pi_0, where the paper's theory starts) and follows every learner update.
 * :class:`ResidualGuider`: a trainable copy of the learner's network plus the same correction.
 
 Both corrected guiders have ``reset_to(learner)``, which makes the guider's distribution equal
@@ -68,7 +67,6 @@ from torchrl.modules.distributions.continuous import SafeTanhTransform
 AGENT_ORDERS = ("fixed", "random", "per_epoch")
 GUIDER_KINDS = ("transformer", "anchored", "residual")
 GUIDER_MEMORIES = ("none", "gru")
-GUIDER_ANCHORS = ("live", "collection")
 EPISODE_START_KEY = "is_init"  # TorchRL's InitTracker: True at the first step of an episode
 
 
@@ -151,15 +149,6 @@ class _GuiderCore(nn.Module):
         cannot, the agents are independent given the observations, and drawing all of them at
         once samples exactly the same joint distribution as drawing them one after the other."""
         return True
-
-    @property
-    def collected_keys(self) -> list[NestedKey]:
-        """Entries the sampler stores with every step for training to read back (none here)."""
-        return []
-
-    def collected(self, context) -> dict:
-        """``{key: tensor}`` for :attr:`collected_keys`, from a step's :meth:`context`."""
-        return {}
 
 
 class TransformerGuider(_GuiderCore):
@@ -457,49 +446,29 @@ class ResidualGuider(_CorrectedGuider):
 
 
 class AnchoredGuider(_CorrectedGuider):
-    """stop-gradient(the learner's output) plus the zero-initialised correction.
+    """stop-gradient(the live learner's output) plus the zero-initialised correction.
 
     The base is the learner itself, read without gradient, so mu = pi at initialisation and the
-    guider follows the learner while the correction carries what only a centralized,
-    auto-regressive policy can do. The guider owns only the correction: the learner is held by
-    reference, not registered as a submodule, so the guider's optimizer and checkpoint never
-    see it. Which learner output is the base during training is the ``anchor``:
-
-    * ``"live"``: the current learner, at every update (the loss hands it the learner output it
-      has just computed, :meth:`given_base`). At the taken action mu/pi is exp(correction) up to
-      normalisation, so the double clip bounds the correction directly. The learner's KL term
-      pulls it toward (itself + correction) at every step, however far it has already moved.
-    * ``"collection"``: the learner's output when the data was collected (pi_old), which the
-      sampler stores at :attr:`anchor_key` and the loss reads back. The learner then imitates a
-      target fixed for the iteration, pi_old + correction, as it imitates any separate guider;
-      with a zero correction its update is clipped PPO plus KL(pi_old || pi) (times 1/aux_coef
-      relative to the PPO term). The next collection re-anchors on the updated learner.
+    guider follows every learner update at once (a continuous form of the paper's backtracking)
+    while the correction carries what only a centralized, auto-regressive policy can do. At the
+    taken action mu/pi is exp(correction) up to normalisation, so the double clip bounds the
+    correction directly. The guider owns only the correction: the learner is held by reference,
+    not registered as a submodule, so the guider's optimizer and checkpoint never see it.
 
     Args:
         learner_module: the learner's ``TensorDictModule`` that writes its distribution
             parameters to ``learner_out_key`` (shared, not copied).
         learner_out_key, observation_keys, state_key, observation_dim, state_dim, n_agents,
         action_size, discrete, param_dim, hidden_dim: as in :class:`ResidualGuider`.
-        anchor: one of :data:`GUIDER_ANCHORS`, ``"live"`` or ``"collection"`` (keyword only).
     """
 
-    def __init__(self, learner_module: TensorDictModuleBase, learner_out_key: NestedKey, *args, anchor: str = "live", **kwargs):
-        if anchor not in GUIDER_ANCHORS:
-            raise ValueError(f"anchor must be one of {GUIDER_ANCHORS}, got {anchor!r}")
+    def __init__(self, learner_module: TensorDictModuleBase, learner_out_key: NestedKey, *args, **kwargs):
         super().__init__(learner_out_key, *args, **kwargs)
         self._learner = (learner_module,)  # a tuple: nn.Module does not register what it holds
         self._given_base: torch.Tensor | None = None
-        self.anchor = anchor
-        out_key = (learner_out_key,) if isinstance(learner_out_key, str) else tuple(learner_out_key)
-        # where the sampler stores the learner's output of each step, [*B, n_agents, P]
-        self.anchor_key: NestedKey | None = (*out_key[:-1], "guider_anchor") if anchor == "collection" else None
 
     def base_module(self) -> TensorDictModuleBase:
         return self._learner[0]
-
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        return super().in_keys + self.collected_keys
 
     @torch.no_grad()
     def reset_to(self, learner_module: TensorDictModuleBase) -> None:
@@ -512,25 +481,15 @@ class AnchoredGuider(_CorrectedGuider):
     def base_params(self, tensordict: TensorDictBase) -> torch.Tensor:
         if self._given_base is not None:
             return self._given_base
-        if self.anchor_key is not None and self.anchor_key in tensordict.keys(include_nested=True):
-            return tensordict.get(self.anchor_key).detach()  # teacher forcing on a collected batch
         with torch.no_grad():  # sg(learner): the guider's loss never reaches the learner
             return super().base_params(tensordict)
-
-    @property
-    def collected_keys(self) -> list[NestedKey]:
-        return [self.anchor_key] if self.anchor_key is not None else []
-
-    def collected(self, context) -> dict:
-        return {self.anchor_key: context[0]} if self.anchor_key is not None else {}
 
     @contextlib.contextmanager
     def given_base(self, base: torch.Tensor):
         """Within the block, :meth:`base_params` returns ``base.detach()`` instead of running the
-        learner. The loss passes, for the live anchor, the learner output it has just computed
-        on the same batch (``base_out_key``, ``[*B, n_agents, P]``): this saves one learner
-        forward per minibatch and gives the very same values. (With the collection anchor the
-        base is read from the batch at ``anchor_key``.)"""
+        learner. The loss has just run the learner on the same batch (``base`` is its output at
+        ``base_out_key``, ``[*B, n_agents, P]``), so this saves one learner forward per minibatch
+        and gives the very same values."""
         self._given_base = base.detach()
         try:
             yield
@@ -662,9 +621,8 @@ class SequentialGuiderSampler(TensorDictModuleBase):
     actions (a residual guider right after a backtrack), a single step serves every agent: the
     same joint distribution, one pass instead of n_agents (with a draw, the very same actions).
     Writes the joint action, the per-agent log-probs, the parameters and the order (drawn either
-    way, so that training recomputes log-probs under it), for a core with memory its next
-    state, and what the core collects for training (:attr:`_GuiderCore.collected_keys`: the
-    collection anchor of an :class:`AnchoredGuider`).
+    way, so that training recomputes log-probs under it), and for a core with memory its next
+    state.
     """
 
     def __init__(
@@ -691,16 +649,13 @@ class SequentialGuiderSampler(TensorDictModuleBase):
         self.action_shape, self.action_dtype = tuple(action_shape), action_dtype
         self.draw = draw
         produced = set(teacher_forced.out_keys)
-        written = {self.action_key, self.order_key, *teacher_forced.core.collected_keys}
         self.in_keys = list(
             dict.fromkeys(
-                [k for k in teacher_forced.in_keys if k not in written]
+                [k for k in teacher_forced.in_keys if k not in (self.action_key, self.order_key)]
                 + [k for k in head.in_keys if k not in produced]
             )
         )
-        self.out_keys = [
-            self.action_key, log_prob_key, self.order_key, *teacher_forced.out_keys, *teacher_forced.core.collected_keys,
-        ]
+        self.out_keys = [self.action_key, log_prob_key, self.order_key, *teacher_forced.out_keys]
         self.memory_key = teacher_forced.core.memory_key
         if self.memory_key is not None:
             self.out_keys.append(("next", *self.memory_key))
@@ -718,11 +673,7 @@ class SequentialGuiderSampler(TensorDictModuleBase):
         action = torch.zeros(*batch_shape, *self.action_shape, dtype=self.action_dtype, device=device)
         log_prob = torch.zeros(*batch_shape, self.n_agents, device=device)
         core = self.teacher_forced.core
-        # observations and order: once per env step. What this sampler stores for training (the
-        # collection anchor) is dropped from the input: a step's copy of the previous step's must
-        # not stand in for this step's.
-        stored = core.collected_keys
-        context = core.context(tensordict.exclude(*stored) if stored else tensordict, order)
+        context = core.context(tensordict, order)  # observations and order: once per env step
         head_inputs = tensordict.select(*self.head.in_keys, strict=False)  # e.g. an action mask
         exploration = interaction_type() or self.head.module[-1].default_interaction_type
         draw = self.draw if exploration in (InteractionType.RANDOM, InteractionType.DETERMINISTIC) else None
@@ -757,8 +708,6 @@ class SequentialGuiderSampler(TensorDictModuleBase):
         tensordict.set(self.log_prob_key, log_prob)
         tensordict.set(self.order_key, order)
         tensordict.set(self.teacher_forced.out_key, params)  # every agent's own, from its step
-        for key, value in core.collected(context).items():
-            tensordict.set(key, value)
         if self.memory_key is not None:
             tensordict.set(("next", *self.memory_key), core.next_memory(context))
         return tensordict
@@ -807,7 +756,6 @@ def make_guider(
     continuous: bool,
     state_spec: Composite | None = None,
     learner_module: TensorDictModuleBase | None = None,
-    anchor: str = "live",
     width: int = 64,
     heads: int = 4,
     layers: int = 1,
@@ -833,8 +781,6 @@ def make_guider(
         learner_module: for ``anchored``/``residual``, the learner's module that writes its raw
             distribution parameters to ``(group, "logits")`` (the anchored guider reads it live,
             the residual guider copies it).
-        anchor: the anchored guider's base in training, ``"live"`` or ``"collection"``
-            (:class:`AnchoredGuider`); other kinds take only ``"live"``.
         width: transformer embedding size, or the correction's hidden size.
         heads, layers: transformer attention heads (dividing ``width``) and layers.
         agent_order: ``"random"`` (a stored permutation per step), ``"fixed"``, or ``"per_epoch"``
@@ -858,10 +804,6 @@ def make_guider(
         raise ValueError(f"guider memory must be one of {GUIDER_MEMORIES}, got {memory!r}")
     if memory != "none" and kind != "transformer":
         raise ValueError(f"guider memory {memory!r} needs the transformer guider, got {kind!r}")
-    if anchor not in GUIDER_ANCHORS:
-        raise ValueError(f"guider anchor must be one of {GUIDER_ANCHORS}, got {anchor!r}")
-    if anchor != "live" and kind != "anchored":
-        raise ValueError(f"guider anchor {anchor!r} needs the anchored guider, got {kind!r}")
     if kind != "transformer" and learner_module is None:
         raise ValueError(f"the {kind} guider is built on the learner: pass learner_module")
     n_agents = action_spec.shape[0]
@@ -881,10 +823,9 @@ def make_guider(
     if kind == "transformer":
         memory_key = (group, "guider_memory") if memory != "none" else None
         core = TransformerGuider(**common, embed_dim=width, num_heads=heads, num_layers=layers, memory_key=memory_key)
-    elif kind == "anchored":
-        core = AnchoredGuider(learner_module, (group, "logits"), **common, hidden_dim=width, anchor=anchor)
     else:
-        core = ResidualGuider(learner_module, (group, "logits"), **common, hidden_dim=width)
+        corrected = AnchoredGuider if kind == "anchored" else ResidualGuider
+        core = corrected(learner_module, (group, "logits"), **common, hidden_dim=width)
     core = core.to(device)
 
     if continuous:

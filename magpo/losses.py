@@ -151,14 +151,11 @@ class _GuidedPPOLoss(PPOLoss):
         self.check_finite = check_finite
         # An anchored guider's base is this loss's learner, read without gradient: the loss hands
         # it the learner output it computes anyway instead of letting it run the learner again.
-        # (A collection-anchored guider reads its base from the batch instead: the learner's
-        # output stored at collection, checked for in _terms.)
         learner_modules = {id(m) for m in self.learner_network.modules()}
-        anchored = [m for m in self.actor_network.modules() if isinstance(m, AnchoredGuider)]
         self._anchored_cores = tuple(
-            m for m in anchored if m.anchor == "live" and id(m.base_module()) in learner_modules
+            m for m in self.actor_network.modules()
+            if isinstance(m, AnchoredGuider) and id(m.base_module()) in learner_modules
         )
-        self._stored_anchor_keys = tuple(m.anchor_key for m in anchored if m.anchor_key is not None)
 
     @property
     def guider_network(self) -> TensorDictModule:
@@ -230,12 +227,6 @@ class _GuidedPPOLoss(PPOLoss):
             )
         if behavior_log_prob.requires_grad or action.requires_grad:
             raise ValueError(f"{type(self).__name__}: the stored action and behaviour log-prob must not require grad")
-        for key in self._stored_anchor_keys:
-            if key not in tensordict.keys(include_nested=True):
-                raise KeyError(
-                    f"{type(self).__name__}: the guider's collection anchor {key!r} is not in the batch; collect "
-                    "with the guider's sampler, which stores the learner's output there"
-                )
         learner_dist = self._dist("learner", tensordict)  # writes the learner's outputs into tensordict
         with contextlib.ExitStack() as shared:
             for core in self._anchored_cores:

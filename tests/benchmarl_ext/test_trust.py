@@ -254,8 +254,6 @@ BAD_VALUES = [
     (["algorithm.learner_kl=both"], "algorithm.learner_kl"),
     (["algorithm.guider=transformer", "algorithm.guider_heads=3"], "algorithm.guider_embed_dim"),
     (["algorithm.guider_memory=gru"], "algorithm.guider_memory"),  # the default guider (anchored) has none
-    (["algorithm.guider_anchor=frozen"], "algorithm.guider_anchor"),
-    (["algorithm=magpo_transformer", "algorithm.guider_anchor=collection"], "algorithm.guider_anchor"),
     (["algorithm.guider_lr=0"], "algorithm.guider_lr"),
     (["algorithm.guider_lr=-0.001"], "algorithm.guider_lr"),
     (["algorithm.guider_warmup_frames=-80"], "algorithm.guider_warmup_frames"),

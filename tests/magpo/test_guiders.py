@@ -41,9 +41,9 @@ def batch(seed=0):
     return TensorDict({"agents": agents}, [BATCH])
 
 
-def build(kind, continuous, agent_order="random", seed=0, memory=False, draw=True, anchor="live"):
+def build(kind, continuous, agent_order="random", seed=0, memory=False, draw=True):
     """A guider over a linear learner; ``draw``: the sampler draws its noise once per step (as
-    ``make_guider``'s do), else the head acts at every step; ``anchor``: the anchored guider's."""
+    ``make_guider``'s do), else the head acts at every step."""
     torch.manual_seed(seed)
     size = DIMS if continuous else ACTIONS
     param_dim = 2 * DIMS if continuous else ACTIONS
@@ -53,9 +53,8 @@ def build(kind, continuous, agent_order="random", seed=0, memory=False, draw=Tru
     if kind == "transformer":
         core = TransformerGuider(**common, embed_dim=16, num_heads=2, memory_key=MEMORY_KEY if memory else None)
     else:
-        anchored = {} if kind == "residual" else {"anchor": anchor}
         corrected = ResidualGuider if kind == "residual" else AnchoredGuider
-        core = corrected(learner_net, ("agents", "logits"), **common, hidden_dim=16, **anchored)
+        core = corrected(learner_net, ("agents", "logits"), **common, hidden_dim=16)
         torch.nn.init.normal_(core.correction[-1].weight, std=0.5)  # a guider that differs from the learner
     if continuous:
         extractor = NormalParamExtractor()
@@ -520,122 +519,6 @@ def guided_loss(guider, learner, **kwargs):
 class _BothSides(GuiderClipLoss):
     _losses = ("loss_guider", "loss_learner", "loss_entropy")
     _diagnostics = GuiderClipLoss._diagnostics + LearnerKLPPOLoss._diagnostics
-
-
-# ---------------------------------------------------------------- the collection anchor
-
-ANCHOR_KEY = ("agents", "guider_anchor")
-
-
-def _collect(for_collection, seed=0):
-    data = batch(seed)
-    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
-        for_collection(data)
-    return data
-
-
-@pytest.mark.parametrize("continuous", [False, True])
-def test_collection_anchor_stores_the_learner_and_training_reads_it_back(continuous):
-    """The sampler stores the learner's output of each step; teacher forcing then recomputes the
-    collected log-probs even after the learner has moved (a live anchor would follow it)."""
-    core, learner_net, for_loss, for_collection = build("anchored", continuous, anchor="collection")
-    assert core.collected_keys == [ANCHOR_KEY] and ANCHOR_KEY in for_collection.out_keys
-    assert ANCHOR_KEY not in for_collection.in_keys and ANCHOR_KEY in for_loss.in_keys
-    data = _collect(for_collection)
-    with torch.no_grad():
-        torch.testing.assert_close(data[ANCHOR_KEY], learner_net(batch())["agents", "logits"], rtol=0, atol=0)
-        for p in learner_net.parameters():
-            p.add_(torch.randn_like(p))
-        teacher_forced = for_loss.get_dist(data.clone()).log_prob(data["agents", "action"])
-        torch.testing.assert_close(teacher_forced, data["agents", "log_prob"], rtol=1e-5, atol=1e-5)
-        # without the stored anchor the guider runs the moved learner, as a live anchor does
-        moved = for_loss.get_dist(data.exclude(ANCHOR_KEY)).log_prob(data["agents", "action"])
-        assert (moved - data["agents", "log_prob"]).abs().max() > 1e-2
-
-
-@pytest.mark.parametrize("continuous", [False, True])
-def test_collection_anchor_ignores_a_stale_anchor_in_the_sampled_input(continuous):
-    """A collector may carry the previous step's entries into the next step's input: the sampler
-    anchors on the learner's output for this step, not on what it finds in the input."""
-    _, learner_net, _, for_collection = build("anchored", continuous, anchor="collection")
-    data = batch()
-    data[ANCHOR_KEY] = torch.full_like(learner_net(batch())["agents", "logits"], 50.0)
-    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
-        torch.manual_seed(3)
-        with_stale = for_collection(data)
-        torch.manual_seed(3)
-        clean = for_collection(batch())
-    for key in [ANCHOR_KEY, PARAMS_KEY, ("agents", "action"), ("agents", "log_prob")]:
-        assert torch.equal(with_stale[key], clean[key]), key
-
-
-@pytest.mark.parametrize("continuous", [False, True])
-def test_collection_anchor_starts_at_the_learner_and_reanchors_at_each_collection(continuous):
-    """mu_0 = pi_0, and a zero correction gives the learner's parameters at every collection,
-    also after a learner update."""
-    core, learner_net, for_loss, for_collection = build("anchored", continuous, anchor="collection")
-    core._zero_correction()
-    for _ in range(2):
-        for seed in range(3):
-            data = _collect(for_collection, seed)
-            with torch.no_grad():
-                learner_params = learner_net(batch(seed))["agents", "logits"]
-                teacher_forced = for_loss.module[0](data.clone())[PARAMS_KEY]
-            torch.testing.assert_close(data[PARAMS_KEY], learner_params, rtol=0, atol=0)
-            torch.testing.assert_close(teacher_forced, learner_params, rtol=0, atol=0)
-        with torch.no_grad():
-            for p in learner_net.parameters():
-                p.add_(torch.randn_like(p))
-
-
-@pytest.mark.parametrize("continuous", [False, True])
-def test_collection_anchored_learner_update_is_ppo_plus_kl_to_the_collecting_learner(continuous):
-    """With a zero correction the guider is pi_old, so once the learner has moved its loss is
-    KL(pi_old || pi) + TorchRL's ClipPPOLoss (aux_coef 1): a trust-region pull, not a drift."""
-    core, learner_net, for_loss, for_collection = build("anchored", continuous, anchor="collection")
-    core._zero_correction()
-    learner = _learner_over(learner_net, continuous)
-    data = _collect(for_collection)
-    data["agents", "advantage"] = torch.randn(BATCH, AGENTS, 1, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        old = learner.get_dist(batch())
-        for p in learner_net.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    magpo = guided_loss(for_loss, learner, normalize_advantage=False)
-    assert magpo._anchored_cores == ()  # the anchor comes from the batch, not from the loss's learner
-    ppo = ClipPPOLoss(learner, clip_epsilon=0.2, entropy_bonus=False, normalize_advantage=False)
-    ppo.set_keys(action=("agents", "action"), sample_log_prob=("agents", "log_prob"), advantage=("agents", "advantage"))
-    out = magpo(data.clone())
-    ppo_out = ppo(data.clone())
-    new = learner.get_dist(batch())
-    if continuous:  # the kernels' KL is that of the Normals before the tanh (Independent: summed over dims)
-        old, new = old.base_dist, new.base_dist
-    kl = torch.distributions.kl_divergence(old, new)
-    torch.testing.assert_close(out["learner_kl"], kl.mean(), rtol=1e-4, atol=1e-6)
-    assert out["learner_kl"].item() > 1e-3
-    torch.testing.assert_close(out["loss_learner"], kl.mean() + ppo_out["loss_objective"], rtol=1e-4, atol=1e-6)
-
-
-def test_loss_names_a_missing_collection_anchor():
-    _, learner_net, for_loss, for_collection = build("anchored", False, anchor="collection")
-    data = _collect(for_collection)
-    data["agents", "advantage"] = torch.zeros(BATCH, AGENTS, 1)
-    del data[ANCHOR_KEY]
-    with pytest.raises(KeyError, match="guider_anchor"):
-        guided_loss(for_loss, _learner_over(learner_net, False))(data)
-
-
-def test_the_anchor_is_the_anchored_guiders_and_must_be_known():
-    common = dict(group="agents", observation_spec=Composite(observation=Unbounded((AGENTS, OBS))),
-                  action_spec=CategoricalSpec(ACTIONS, shape=(AGENTS,)), continuous=False)
-    learner_net = TensorDictModule(torch.nn.Linear(OBS, ACTIONS), [OBS_KEY], [("agents", "logits")])
-    with pytest.raises(ValueError, match="anchor must be one of"):
-        make_guider("anchored", **common, learner_module=learner_net, anchor="frozen")
-    for kind in ("transformer", "residual"):
-        with pytest.raises(ValueError, match="needs the anchored guider"):
-            make_guider(kind, **common, learner_module=learner_net, anchor="collection")
-    core, _, for_collection = make_guider("anchored", **common, learner_module=learner_net, anchor="collection")
-    assert core.anchor_key == ANCHOR_KEY and ANCHOR_KEY in for_collection.out_keys
 
 
 # ---------------------------------------------------------------- memory over the episode
