@@ -125,7 +125,7 @@ def test_evaluation_uses_the_learner_on_own_observations_only(tmp_path):
 )
 def test_backtrack_resets_the_guider_after_each_training_iteration(tmp_path, guider):
     experiment = make_experiment(
-        # the magpo_residual preset: guider=residual, backtrack=true
+        # the magpo_residual preset (guider=residual, backtrack=true), or the anchored guider backtracking
         tmp_path, [*guider, "algorithm.guider_embed_dim=8", "experiment.evaluation=false",
                    "experiment.checkpoint_at_end=false"]
     )

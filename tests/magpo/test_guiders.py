@@ -318,7 +318,7 @@ def test_backtrack_makes_guider_equal_learner_on_random_inputs(continuous, kind)
     core, learner_net, for_loss, for_collection = build(kind, continuous)
     assert core.depends_on_previous_actions()  # build() gives a non-zero correction
     with torch.no_grad():
-        for p in learner_net.parameters():  # the learner has moved on since the guider's copy
+        for p in learner_net.parameters():  # the learner moves on (a residual guider's copy is now stale)
             p.add_(torch.randn_like(p))
     base_params = [id(p) for p in core.parameters()]
     core.reset_to(learner_net)
