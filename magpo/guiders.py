@@ -24,8 +24,8 @@ Both run in two modes, wrapped by :func:`make_guider_policies`:
   to the batch as ``(group, "agent_order")`` so training recomputes log-probs under it
   (``per_epoch``, the authors' scheme: collection in the fixed order, and training under one
   permutation per PPO epoch set in :attr:`TeacherForcedGuider.training_order`). A core
-  whose parameters cannot currently depend on the previous actions (a residual guider right
-  at initialisation or after a reset) samples all agents in one pass, which draws from the same joint distribution.
+  whose parameters cannot currently depend on the previous actions (an anchored or residual
+  guider at initialisation or after a reset) samples all agents in one pass, which draws from the same joint distribution.
 
 Orders are ``[*B, n_agents]`` long tensors; ``order[..., k]`` is the agent that acts k-th.
 
@@ -618,7 +618,7 @@ class SequentialGuiderSampler(TensorDictModuleBase):
     distribution object, a draw and a log-prob for every agent. Without one (another head, or
     another exploration type) the head acts at every step and the acting agent's action and
     log-prob are kept. When the core reports that its parameters do not depend on the previous
-    actions (a residual guider right after a backtrack), a single step serves every agent: the
+    actions (an anchored or residual guider right after a backtrack), a single step serves every agent: the
     same joint distribution, one pass instead of n_agents (with a draw, the very same actions).
     Writes the joint action, the per-agent log-probs, the parameters and the order (drawn either
     way, so that training recomputes log-probs under it), and for a core with memory its next
