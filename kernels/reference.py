@@ -232,8 +232,6 @@ def normal_terms(
 
     For TanhNormal policies pass the pre-tanh action and the behaviour log-prob of the
     underlying Normal: the tanh Jacobian cancels in every ratio and KL (docs/design.md, "TanhNormal").
-    It does not cancel in the entropy: ``guider_entropy`` is the underlying Normal's, and
-    ``magpo.MAGPOLoss`` adds the tanh part.
     """
     dtype = compute_dtype(guider_loc, guider_scale, learner_loc, learner_scale, behavior_log_prob, advantage)
     dim = guider_loc.shape[-1]

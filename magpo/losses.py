@@ -84,26 +84,6 @@ def _action_in_base_space(dist: D.Distribution, action: Tensor, behavior_log_pro
     return value, behavior_log_prob
 
 
-def _squashing_entropy(dist: D.Distribution) -> Tensor:
-    """The part of a transformed (TanhNormal) policy's entropy that its base Normal's lacks.
-
-    H(tanh(x)) = H(x) + E_x[log |d tanh(x) / dx|], so the kernels' entropy (that of the base
-    Normal, which grows without bound with the scale) plus this term is the entropy of the actions
-    the policy takes, which is bounded. Without it the guider's entropy bonus widens the pre-tanh
-    scale for ever, pushing the actions into saturation. Estimated with one reparameterised draw
-    per row, as TorchRL's PPO estimates a TanhNormal's entropy. Returns the mean over rows of the
-    log-Jacobian summed over the action dims (``[..., D] -> []``), which carries the gradient to
-    the base's loc and scale.
-    """
-    x = dist.base_dist.rsample()
-    log_jacobian = torch.zeros_like(x)
-    for transform in dist.transforms:
-        y = transform(x)
-        log_jacobian = log_jacobian + transform.log_abs_det_jacobian(x, y)
-        x = y
-    return log_jacobian.sum(-1).mean()
-
-
 class _GuidedPPOLoss(PPOLoss):
     """Everything the three MAGPO losses share; subclasses pick which terms they output."""
 
@@ -273,13 +253,10 @@ class _GuidedPPOLoss(PPOLoss):
             if mask is not None:
                 mask = mask.expand(g_first.shape)
             return kernels.magpo_loss_categorical(g_first, l_first, action, behavior, advantage, self.options, action_mask=mask)
-        terms = kernels.magpo_loss_normal(
+        return kernels.magpo_loss_normal(
             g_first, g_second.expand_as(g_first), l_first, l_second.expand_as(l_first), action, behavior, advantage,
             self.options,
         )
-        if isinstance(guider_dist, D.TransformedDistribution):
-            terms = terms._replace(guider_entropy=terms.guider_entropy + _squashing_entropy(guider_dist))
-        return terms
 
     def _raise_if_not_finite(self, out: TensorDictBase) -> None:
         losses = [out.get(key) for key in self.out_keys if key.startswith("loss_")]
