@@ -258,15 +258,22 @@ class _GuidedPPOLoss(PPOLoss):
             self.options,
         )
 
-    def _raise_if_not_finite(self, out: TensorDictBase) -> None:
+    def _raise_if_not_finite(self, out: TensorDictBase, tensordict: TensorDictBase) -> None:
         losses = [out.get(key) for key in self.out_keys if key.startswith("loss_")]
         if torch.stack([loss.detach() for loss in losses]).isfinite().all():  # one sync per call
             return
         bad = [key for key, loss in zip(self.out_keys, losses) if not torch.isfinite(loss)]
+        # The stored log-probs tell the commonest cause apart: a continuous policy whose scale
+        # collapsed at an action bound stores its clamped actions with log-probs of -1e3 or less,
+        # where a tiny move of the policy's mean makes exp(log-ratio) overflow.
+        behavior = tensordict.get(self.tensor_keys.sample_log_prob).detach()
         raise NonFiniteLossError(
             f"{type(self).__name__}: {', '.join(bad)} is not finite "
-            f"({', '.join(f'{k}={out.get(k).item()}' for k in bad)}). Common causes: a taken action that the "
-            "action mask forbids, a zero scale, or diverged parameters. Pass check_finite=False to skip this check."
+            f"({', '.join(f'{k}={out.get(k).item()}' for k in bad)}); the batch's stored log-probs of the taken "
+            f"actions range over [{behavior.min().item():.4g}, {behavior.max().item():.4g}]. Common causes: a taken "
+            "action that the action mask forbids, diverged parameters, or a scale collapsed to near zero, for "
+            "example a continuous policy pinned at an action bound (stored log-probs far below zero; an entropy "
+            "bonus, entropy_coeff > 0, keeps the scale up). Pass check_finite=False to skip this check."
         )
 
     # ------------------------------------------------------------------ forward
@@ -286,7 +293,7 @@ class _GuidedPPOLoss(PPOLoss):
             if value_clip_fraction is not None:
                 out.set("value_clip_fraction", value_clip_fraction)
         if self.check_finite:
-            self._raise_if_not_finite(out)
+            self._raise_if_not_finite(out, tensordict)
         self._clear_weakrefs(
             tensordict,
             out,

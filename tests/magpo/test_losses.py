@@ -236,6 +236,17 @@ def test_non_finite_loss_names_the_term():
     assert torch.isnan(loss(batch)["loss_guider"])
 
 
+def test_non_finite_loss_reports_the_stored_log_probs():
+    # A continuous policy pinned at an action bound stores its clamped actions with log-probs far
+    # below zero; there the ratio to the current policy overflows.
+    loss, batch, *_ = make_setup("tanh_normal")
+    batch["agents", "log_prob"][0, 0] = -1e4
+    batch["agents", "advantage"][0, 0] = -1.0
+    with pytest.raises(NonFiniteLossError, match=r"log-probs of the taken actions range over \[-1e\+04, ") as error:
+        loss(batch)
+    assert "entropy_coeff > 0" in str(error.value)
+
+
 def test_shared_parameters_are_the_policies_own():
     loss, _, guider, learner, _ = make_setup()
     # functional params are the same Parameter objects, so a collector sees optimizer updates
