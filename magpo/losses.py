@@ -263,7 +263,7 @@ class _GuidedPPOLoss(PPOLoss):
         if torch.stack([loss.detach() for loss in losses]).isfinite().all():  # one sync per call
             return
         bad = [key for key, loss in zip(self.out_keys, losses) if not torch.isfinite(loss)]
-        # The stored log-probs tell the commonest cause apart: a continuous policy whose scale
+        # The stored log-probs show the cause seen in practice: a continuous policy whose scale
         # collapsed at an action bound stores its clamped actions with log-probs of -1e3 or less,
         # where a tiny move of the policy's mean makes exp(log-ratio) overflow.
         behavior = tensordict.get(self.tensor_keys.sample_log_prob).detach()
