@@ -18,7 +18,8 @@ Writes to ``--out``:
 * ``magpo_vs_mappo.md``: per task, the learner's final evaluation return and its area under the
   evaluation curve (AUC: the trapezoid mean of the return over frames), each as mean [95% CI]
   (percentile bootstrap over seeds, rliable) with per-seed values; collection + training seconds per iteration
-  and the ratio to MAPPO; the mean ``learner_kl`` and ``mask_fraction`` of each MAGPO preset;
+  and the ratio to MAPPO; the mean ``learner_kl`` and ``mask_fraction`` of each MAGPO preset and
+  how far its guider leads its learner (``guider_lead``);
   a row for uniformly random actions (``runs_common.random_policy_return``: the level every
   method starts from, so that a lead at that level is not read as learning);
   with the date, machine, versions and commit;
@@ -77,6 +78,15 @@ def diagnostic_mean(folder: Path, term: str) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
+def guider_lead(folder: Path) -> float | None:
+    """How far a MAGPO run's guider leads its own learner: the AUC of the guider's evaluation curve
+    (centralized execution, logged as ``eval_guider/...`` at every evaluation) minus the learner's.
+    The method rests on the guider doing better than the learner it guides; near 0 the learner
+    imitates a policy no better than itself. None for a run that never evaluated a guider (MAPPO)."""
+    guider = curve(folder, "eval_guider_reward_episode_reward_mean")
+    return area_under_curve(guider) - area_under_curve(curve(folder)) if guider else None
+
+
 def absolute_metric(folder: Path) -> float | None:
     """A run's absolute metric (``absolute/reward/episode_reward_mean``), or None if it has none."""
     values = list(read_scalar(folder, "absolute_reward_episode_reward_mean").values())
@@ -117,8 +127,8 @@ def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]]
         f"## {task}",
         "",
         "| policy | final return | per seed | AUC | per seed |" + (" absolute metric | per seed |" if with_absolute else "")
-        + " s / iteration | ratio to MAPPO | learner_kl | mask_fraction |",
-        "| --- | --- | --- | --- | --- |" + (" --- | --- |" if with_absolute else "") + " --- | --- | --- | --- |",
+        + " s / iteration | ratio to MAPPO | learner_kl | mask_fraction | guider minus learner AUC |",
+        "| --- | --- | --- | --- | --- |" + (" --- | --- |" if with_absolute else "") + " --- | --- | --- | --- | --- |",
     ]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.axhline(random_level, color="gray", ls=":", label="uniformly random actions")
@@ -127,10 +137,12 @@ def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]]
         curves = curves_of[algorithm]
         finals = [c[-1][1] for c in curves]
         aucs = [area_under_curve(c) for c in curves]
+        leads = [guider_lead(f) for f in folders[algorithm]]
         diagnostics = (
-            ["-", "-"] if algorithm.startswith(("mappo", "ippo"))
+            ["-", "-", "-"] if algorithm.startswith(("mappo", "ippo"))
             else [f"{statistics.fmean(diagnostic_mean(f, t) for f in folders[algorithm]):.2e}"
                   for t in ("learner_kl", "mask_fraction")]
+            + [cell(leads) if None not in leads else "-"]
         )
         per_seed = [finals, aucs, absolute[algorithm]] if with_absolute else [finals, aucs]
         lines.append(
@@ -142,8 +154,8 @@ def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]]
         stats = [interval([c[k][1] for c in curves], reps=2_000) for k in range(len(frames))]
         ax.plot(frames, [m for m, _, _ in stats], marker="o", ms=3, label=label[algorithm])
         ax.fill_between(frames, [low for _, low, _ in stats], [high for _, _, high in stats], alpha=0.2)
-    level = f"{random_level:.2f}"  # the cells of the header above: final, per seed, AUC, per seed, [absolute x 2], 4 more
-    cells = [level, "-", level, "-"] + ["-", "-"] * with_absolute + ["-"] * 4
+    level = f"{random_level:.2f}"  # the cells of the header above: final, per seed, AUC, per seed, [absolute x 2], 5 more
+    cells = [level, "-", level, "-"] + ["-", "-"] * with_absolute + ["-"] * 5
     lines.append(f"| uniformly random actions | {' | '.join(cells)} |")
     ax.set(xlabel="frames", ylabel="evaluation episode return", title=f"{task}, {len(folders['mappo'])} seeds (95% CI)")
     ax.legend()
@@ -275,7 +287,9 @@ def main(argv=None) -> None:
         "percentile bootstrap CI over seeds, rliable]. s / iteration: median collection + training seconds of each run, mean "
         f"over seeds{' (runs shared the cores, ' + str(args.jobs) + ' at a time)' if args.jobs > 1 else ''}. "
         "learner_kl (KL(guider || learner)) and mask_fraction (share of samples outside the delta band): mean over "
-        "training iterations. Uniformly random actions: the same evaluation return for actions drawn uniformly from "
+        "training iterations. Guider minus learner AUC: per seed, the AUC of the guider's own evaluation curve "
+        "(centralized execution, at the same evaluations) minus the learner's, mean [95% CI]; near 0, the learner "
+        "imitates a guider no better than itself. Uniformly random actions: the same evaluation return for actions drawn uniformly from "
         "the action space on 200 episodes (the level every method starts from; its AUC is the level itself).",
         "",
     ]

@@ -7,6 +7,8 @@ import csv
 import importlib.util
 import json
 import math
+import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from benchmarl_ext import cli
-from benchmarl_ext.plots import read_scalar
+from benchmarl_ext.plots import area_under_curve, frames_of, read_scalar
 from benchmarl_ext.registration import register
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -170,6 +172,19 @@ def test_magpo_vs_mappo_reports_the_absolute_metric(tmp_path):
     table = table[:table.index("")]  # the task's main table, not the difference and curve tables below it
     rows = [line for line in table if line.startswith(("| MAPPO", "| magpo learner"))]
     assert len(rows) == 2 and all(len(row.split("|")) == len(header.split("|")) for row in rows)
+    assert header.endswith("| guider minus learner AUC |")
+    mappo_row, magpo_row = sorted(rows)
+    assert mappo_row.split("|")[-2].strip() == "-"  # MAPPO has no guider
+    lead = magpo_row.split("|")[-2].strip()  # "mean [low, high]" over the two seeds
+    assert re.fullmatch(r"-?\d+\.\d\d \[-?\d+\.\d\d, -?\d+\.\d\d\]", lead), lead
+    differences = []  # the guider's evaluation AUC minus the learner's, from each MAGPO run's own csv logs
+    for run in sorted((tmp_path / "runs").glob("*_magpo_seed*")):
+        experiment = next(p for p in run.iterdir() if p.is_dir() and not p.name.startswith("."))
+        frames = frames_of(experiment)
+        auc = {name: area_under_curve([(frames[i], v) for i, v in sorted(read_scalar(experiment, name).items())])
+               for name in ("eval_guider_reward_episode_reward_mean", "eval_reward_episode_reward_mean")}
+        differences.append(auc["eval_guider_reward_episode_reward_mean"] - auc["eval_reward_episode_reward_mean"])
+    assert float(lead.split()[0]) == pytest.approx(statistics.fmean(differences), abs=5e-3)
     below = lines[next(i for i, line in enumerate(lines) if line.startswith("Per-seed differences against MAPPO")):]
     difference = next(line for line in below if line.startswith("| magpo learner |"))
     assert all(cell.strip().startswith(("+", "-")) for cell in difference.split("|")[2:4])  # final, AUC
