@@ -173,7 +173,7 @@ def test_magpo_vs_mappo_reports_the_absolute_metric(tmp_path):
     rows = [line for line in table if line.startswith(("| MAPPO", "| magpo learner"))]
     assert len(rows) == 2 and all(len(row.split("|")) == len(header.split("|")) for row in rows)
     assert header.endswith("| guider minus learner AUC |")
-    mappo_row, magpo_row = sorted(rows)
+    mappo_row, magpo_row = (next(row for row in rows if row.startswith(start)) for start in ("| MAPPO", "| magpo learner"))
     assert mappo_row.split("|")[-2].strip() == "-"  # MAPPO has no guider
     lead = magpo_row.split("|")[-2].strip()  # "mean [low, high]" over the two seeds
     assert re.fullmatch(r"-?\d+\.\d\d \[-?\d+\.\d\d, -?\d+\.\d\d\]", lead), lead
