@@ -137,13 +137,11 @@ def task_report(task: str, algorithms: list[str], folders: dict[str, list[Path]]
         curves = curves_of[algorithm]
         finals = [c[-1][1] for c in curves]
         aucs = [area_under_curve(c) for c in curves]
-        leads = [guider_lead(f) for f in folders[algorithm]]
-        diagnostics = (
-            ["-", "-", "-"] if algorithm.startswith(("mappo", "ippo"))
-            else [f"{statistics.fmean(diagnostic_mean(f, t) for f in folders[algorithm]):.2e}"
-                  for t in ("learner_kl", "mask_fraction")]
-            + [cell(leads) if None not in leads else "-"]
-        )
+        diagnostics = ["-", "-", "-"]
+        if not algorithm.startswith(("mappo", "ippo")):
+            leads = [guider_lead(f) for f in folders[algorithm]]
+            diagnostics = [f"{statistics.fmean(diagnostic_mean(f, t) for f in folders[algorithm]):.2e}"
+                           for t in ("learner_kl", "mask_fraction")] + [cell(leads) if None not in leads else "-"]
         per_seed = [finals, aucs, absolute[algorithm]] if with_absolute else [finals, aucs]
         lines.append(
             f"| {label[algorithm]} | "
