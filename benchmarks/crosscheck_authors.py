@@ -10,7 +10,7 @@ two functions' source text and runs it with the network calls replaced by given 
 guider network returns the guider's categorical distribution (and a zero value, with the value
 and entropy coefficients set to 0), the learner network the learner's. Nothing of theirs is
 imported or kept in this repository. The same random guider logits, learner logits, actions,
-behaviour log-probs and advantages go to ``kernels.magpo_loss_categorical`` (float64, advantages
+behaviour log-probs and advantages go to ``magpo_kernels.magpo_loss_categorical`` (float64, advantages
 standardised per minibatch with the population std as their functions do), and every loss term
 and the gradients of each total with respect to both logit tensors are compared.
 
@@ -32,11 +32,9 @@ from typing import Tuple
 
 import numpy as np
 import torch
+from magpo_kernels import LossOptions, magpo_loss_categorical  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs_common import provenance  # noqa: E402
-
-from kernels import LossOptions, magpo_loss_categorical  # noqa: E402
+from benchmarl_ext.runs import provenance
 
 LOSS_FILE = Path("mava/systems/gpo/anakin/rec_magpo.py")
 LOSS_FUNCTIONS = ("_guider_loss_fn", "_actor_loss_fn")
@@ -159,7 +157,7 @@ def main(argv=None) -> None:
     their_commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.authors_repo, capture_output=True,
                                   text=True).stdout.strip() or "unknown"
     lines = [provenance(), f"Their code: {LOSS_FILE} at commit {their_commit}; jax {jax.__version__}.", "",
-             f"Their loss functions vs kernels.magpo_loss_categorical, float64, {args.rows} rows x {args.actions} actions."]
+             f"Their loss functions vs magpo_kernels.magpo_loss_categorical, float64, {args.rows} rows x {args.actions} actions."]
     worst = 0.0
     for seed, (delta, clip_epsilon, aux_coef) in enumerate(SETTINGS):
         differences, coverage = compare(sources, delta, clip_epsilon, aux_coef, args.rows, args.actions, seed)

@@ -11,16 +11,13 @@ core here). The policy's own cost is not included. Writes ``env_throughput.md`` 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torchrl.envs import ParallelEnv, SerialEnv
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs_common import provenance  # noqa: E402
-
+from benchmarl_ext.runs import provenance
 from magpo.envs.gym_suites import MultiAgentGymEnv  # noqa: E402
 
 TASKS = [("rware", "tiny-2ag"), ("rware", "large-8ag"), ("lbf", "8x8-2p-2f-coop"), ("lbf", "15x15-4p-5f")]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -28,9 +27,7 @@ from tensordict.nn import TensorDictModule
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs_common import provenance  # noqa: E402
-
+from benchmarl_ext.runs import provenance
 from magpo.guiders import GUIDER_KINDS, make_guider  # noqa: E402
 
 OBSERVATION, ACTIONS, DIMS = 30, 10, 2

@@ -20,11 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs_common import benchmarl_run, provenance  # noqa: E402
 from throughput import TASKS  # noqa: E402  (the same two jobs, with their MAGPO presets)
 
 from benchmarl_ext.plots import read_scalar  # noqa: E402
+from benchmarl_ext.runs import benchmarl_run, provenance
 
 NEIGHBOUR = [sys.executable, "-c", "while True: pass"]
 

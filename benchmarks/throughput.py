@@ -38,10 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs_common import provenance  # noqa: E402
-
 from benchmarl_ext.plots import read_scalar  # noqa: E402
+from benchmarl_ext.runs import provenance
 
 AUTHORS_3X10 = ["experiment.on_policy_collected_frames_per_batch=8192", "experiment.on_policy_n_envs_per_worker=64",
                 "experiment.on_policy_n_minibatch_iters=10", "experiment.on_policy_minibatch_size=1024"]

@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs_common import provenance  # noqa: E402
+from benchmarl_ext.runs import provenance
 
 FRAMES, AGENTS, OBSERVATION, ACTIONS, WIDTH, GUIDER_WIDTH = 1024, 3, 5, 10, 256, 64
 MINIBATCHES = 80  # 10 epochs x 8 minibatches: one iteration of the authors' CoordSum-3x10 settings

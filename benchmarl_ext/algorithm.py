@@ -15,12 +15,13 @@ command uses) and refuses a plain ``Experiment``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Type
 
 import torch
 from benchmarl.algorithms.common import Algorithm
 from benchmarl.algorithms.mappo import Mappo, MappoConfig
+from benchmarl.experiment.callback import Callback
 from benchmarl.models.common import ModelConfig
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential
@@ -28,6 +29,13 @@ from torchrl.data import Composite, Unbounded
 from torchrl.envs import Compose, EnvBase, InitTracker, TensorDictPrimer, TransformedEnv
 from torchrl.objectives import ValueEstimators
 
+from benchmarl_ext.magpo_hooks import (
+    AdaptiveDelta,
+    GuiderBacktrack,
+    GuiderLearningRate,
+    GuiderWarmup,
+    PerEpochAgentOrder,
+)
 from magpo import DeltaSchedule, LossOptions, MAGPOLoss
 from magpo.guiders import AGENT_ORDERS, EPISODE_START_KEY, GUIDER_KINDS, GUIDER_MEMORIES, make_guider
 
@@ -180,6 +188,23 @@ class Magpo(Mappo):
         teacher_forced = self._guider_samplers[group].teacher_forced
         teacher_forced.training_order = torch.randperm(teacher_forced.core.n_agents, device=self.device)
 
+    def training_hooks(self) -> List[Callback]:
+        """The callbacks that carry MAGPO's schedules (:mod:`benchmarl_ext.magpo_hooks`), one per
+        option that is on; ``MagpoExperiment`` registers them once this algorithm is built."""
+        hooks: List[Callback] = []
+        if self.guider_lr is not None:
+            hooks.append(GuiderLearningRate(self.guider_lr))
+        if self.backtrack_enabled:
+            hooks.append(GuiderBacktrack())
+        if self.guider_warmup_frames:
+            rate = self.guider_lr if self.guider_lr is not None else self.experiment_config.lr
+            hooks.append(GuiderWarmup(self.guider_warmup_frames, rate))
+        if self.agent_order == "per_epoch":
+            hooks.append(PerEpochAgentOrder())
+        if self.delta_schedule is not None:
+            hooks.append(AdaptiveDelta(self.delta_schedule))
+        return hooks
+
     @torch.no_grad()
     def backtrack(self, group: str) -> None:
         """Paper step 4: reset the (anchored or residual) guider to the learner, in place."""
@@ -238,23 +263,25 @@ class Ctds(Magpo):
 class MagpoConfig(MappoConfig):
     """Configuration of :class:`Magpo`; every field is documented in ``conf/algorithm/magpo.yaml``."""
 
-    delta: Any = LossOptions.delta  # a number > 1, or "auto"
-    delta_target_kl: float = DeltaSchedule.target_kl
-    delta_bounds: List[float] = field(default_factory=lambda: [DeltaSchedule.low, DeltaSchedule.high])
-    aux_coef: float = LossOptions.aux_coef
-    learner_kl: str = LossOptions.learner_kl
-    guider: str = "anchored"
-    guider_memory: str = "none"
-    guider_embed_dim: int = 64
-    guider_heads: int = 4
-    guider_layers: int = 1
-    guider_lr: Optional[float] = None
-    guider_warmup_frames: int = 0
-    agent_order: str = "random"
-    backtrack: bool = False
-    normalize_advantage: bool = True
-    clip_value: Optional[float] = None
-    backend: str = LossOptions.backend
+    # Every value lives in conf/algorithm/magpo.yaml (BenchMARL's rule: the dataclass is the
+    # schema, the YAML holds the defaults); __post_init__ checks them.
+    delta: Any = MISSING  # a number > 1, or "auto"
+    delta_target_kl: float = MISSING
+    delta_bounds: List[float] = MISSING
+    aux_coef: float = MISSING
+    learner_kl: str = MISSING
+    guider: str = MISSING
+    guider_memory: str = MISSING
+    guider_embed_dim: int = MISSING
+    guider_heads: int = MISSING
+    guider_layers: int = MISSING
+    guider_lr: Optional[float] = MISSING
+    guider_warmup_frames: int = MISSING
+    agent_order: str = MISSING
+    backtrack: bool = MISSING
+    normalize_advantage: bool = MISSING
+    clip_value: Optional[float] = MISSING
+    backend: str = MISSING
 
     def __post_init__(self):
         self.delta_schedule = None

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 # Entries of MagpoExperiment.state_dict() beyond BenchMARL's per-group loss_/buffer_ entries.
-REQUIRED = ("state", "collector", "optimizers", "rng", "delta", "run")
+REQUIRED = ("state", "collector", "optimizers", "rng", "run")
 
 
 class CheckpointError(ValueError):

@@ -110,7 +110,6 @@ def _run_with_hydra(argv: list[str]) -> None:
     from omegaconf import DictConfig, OmegaConf
 
     from benchmarl_ext import CONFIG_PACKAGE
-
     from benchmarl_ext.experiment import EvaluationCurve
 
     @hydra.main(config_path=CONFIG_PACKAGE, config_name="config", version_base=None)
@@ -177,7 +176,7 @@ def configure_threads() -> int:
     ``MAGPO_NUM_THREADS`` if set; else ``OMP_NUM_THREADS`` (which torch reads itself); else 1.
     One thread is the default because these small networks gain little from a second one on a
     quiet machine and lose several times over beside one busy process
-    (benchmarks/results/threads.md); it also keeps parallel multirun jobs off each other's cores.
+    (docs/research-log.md, `threads.md`); it also keeps parallel multirun jobs off each other's cores.
     """
     import torch
 

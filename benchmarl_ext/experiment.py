@@ -3,9 +3,10 @@ behaviour MAGPO needs, and the checks and resume guarantees every run deserves
 (docs/design.md, "BenchMARL").
 
 * Evaluation: BenchMARL evaluates ``experiment.policy``, the collection policy. For MAGPO that
-  is the guider, so here every ``eval/...`` number comes from the decentralized learners (each
-  agent on its own observation), and the guider's own evaluation (the centralized-execution
-  reference) is logged under ``eval_guider/...``. Other algorithms evaluate as in BenchMARL.
+  is the guider, so an algorithm that offers ``get_learner_policy()`` is evaluated with it: every
+  ``eval/...`` number comes from the decentralized learners (each agent on its own observation),
+  and the policy of its ``get_guider_policy()`` (the centralized-execution reference) is logged
+  under ``eval_guider/...``. Other algorithms evaluate as in BenchMARL.
   :meth:`MagpoExperiment.evaluate` prints its numbers and writes them to
   ``evaluations/<checkpoint>.json``, not into the training logs.
 * Up-front checks: every ``experiment.*`` value is range-checked and a checkpoint to resume is
@@ -16,15 +17,8 @@ behaviour MAGPO needs, and the checks and resume guarantees every run deserves
   same from the restored generators, so a run resumed from iteration k equals the straight
   run bit for bit (same machine, versions and thread count). Its csv logs drop the rows written
   after the checkpoint, so steps are not repeated.
-* Backtracking (``algorithm.backtrack=true``): after each group's optimizer steps the anchored
-  or residual guider is reset to the learner, through the public ``on_train_end`` callback.
-* ``algorithm.delta=auto``: delta adapts between iterations (:class:`magpo.DeltaSchedule`), is
-  logged as ``train/<group>/delta`` and is saved in checkpoints.
-* ``algorithm.agent_order=per_epoch``: a new training order at every PPO epoch, through the
-  ``on_batch_collected`` and ``on_train_step`` callbacks.
-* ``algorithm.guider_warmup_frames=N``: the anchored guider's correction is not trained while
-  the run has collected at most N frames (its optimizer's learning rate is 0 in those
-  iterations), through the ``on_batch_collected`` callback.
+* An algorithm's own schedules (MAGPO's: :mod:`benchmarl_ext.magpo_hooks`) are callbacks that
+  it hands over through ``training_hooks()``; they are added once the algorithm is built.
 * ``compile_networks=true``: ``torch.compile`` of every feed-forward network of the policies and
   critics (:func:`compile_feed_forward`), for any algorithm.
 * The absolute metric (``absolute_metric_episodes=N``, the field's protocol, Gorsane et al. 2022):
@@ -39,7 +33,6 @@ import contextlib
 import copy
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List
 
@@ -50,79 +43,9 @@ from benchmarl.experiment.callback import Callback
 from benchmarl.utils import seed_everything
 from tensordict import TensorDictBase
 
-from benchmarl_ext.algorithm import Magpo, MagpoConfig
 from benchmarl_ext.checkpoints import read_checkpoint, rng_state, save_atomically, set_rng_state, trim_scalar_logs
 from benchmarl_ext.checks import check_experiment_config
 from benchmarl_ext.plots import area_under_curve
-from magpo import MAGPOLoss
-
-
-class GuiderBacktrack(Callback):
-    """Resets an anchored or residual guider to its learner after every training iteration (paper step 4)."""
-
-    def on_train_end(self, training_td: TensorDictBase, group: str) -> None:
-        algorithm = self.experiment.algorithm
-        if isinstance(algorithm, Magpo) and algorithm.backtrack_enabled:
-            algorithm.backtrack(group)
-
-
-class AdaptiveDelta(Callback):
-    """``algorithm.delta=auto``: after each group's training iteration, log the delta it used
-    (``train/<group>/delta``) and set the next one from its mean KL(guider || learner)."""
-
-    def on_train_end(self, training_td: TensorDictBase, group: str) -> None:
-        algorithm = self.experiment.algorithm
-        if not isinstance(algorithm, Magpo) or algorithm.delta_schedule is None:
-            return
-        loss = self.experiment.losses[group]
-        used = loss.options.delta
-        observed = training_td.get("learner_kl").mean().item()
-        loss.options = replace(loss.options, delta=algorithm.delta_schedule.next_delta(used, observed))
-        self.experiment.logger.log({f"train/{group}/delta": used}, step=self.experiment.n_iters_performed)
-
-
-class GuiderWarmup(Callback):
-    """``algorithm.guider_warmup_frames=N``: before each training iteration, the guider's
-    optimizer gets learning rate 0 while the frames collected so far (this batch included) are
-    at most N, and its own rate (``algorithm.guider_lr``, else ``experiment.lr``) after. The
-    anchored guider's correction then stays exactly zero, so mu = pi, the learner's KL term is
-    zero and its update is plain clipped PPO on its own samples. Adam's moments still accumulate
-    while the rate is 0, so the first real steps are not cold-started. Set from the frame count at every batch, so a
-    resumed run gets the same rates."""
-
-    def on_batch_collected(self, batch: TensorDictBase) -> None:
-        experiment = self.experiment
-        algorithm = experiment.algorithm
-        if not isinstance(algorithm, Magpo) or not algorithm.guider_warmup_frames:
-            return
-        warming = experiment.total_frames <= algorithm.guider_warmup_frames
-        rate = 0.0 if warming else (algorithm.guider_lr if algorithm.guider_lr is not None else experiment.config.lr)
-        for optimizers in experiment.optimizers.values():
-            for param_group in optimizers["loss_guider"].param_groups:
-                param_group["lr"] = rate
-
-
-class PerEpochAgentOrder(Callback):
-    """``algorithm.agent_order=per_epoch``: a new random agent order for the guider's training
-    log-probs at the start of every PPO epoch (the authors' scheme; collection keeps agent 0 first)."""
-
-    def _active(self) -> bool:
-        algorithm = self.experiment.algorithm
-        return isinstance(algorithm, Magpo) and algorithm.agent_order == "per_epoch"
-
-    def on_batch_collected(self, batch: TensorDictBase) -> None:
-        if self._active():
-            self._steps = dict.fromkeys(self.experiment.train_group_map, 0)
-            for group in self._steps:
-                self.experiment.algorithm.draw_training_order(group)
-
-    def on_train_step(self, batch: TensorDictBase, group: str) -> None:
-        if self._active():
-            config, on_policy = self.experiment.config, self.experiment.on_policy
-            per_epoch = -(-config.train_batch_size(on_policy) // config.train_minibatch_size(on_policy))
-            self._steps[group] += 1
-            if self._steps[group] % per_epoch == 0:
-                self.experiment.algorithm.draw_training_order(group)
 
 
 class EvaluationCurve(Callback):
@@ -254,8 +177,9 @@ class MagpoExperiment(Experiment):
             raise ValueError("absolute_metric_episodes > 0 needs experiment.evaluation=true (it re-evaluates the best evaluation)")
         self.absolute_metric_episodes = absolute_metric_episodes
         self._trained = False  # set when this process runs the training loop (the absolute metric follows it)
-        if isinstance(algorithm_config, MagpoConfig):
-            algorithm_config.check_model(model_config)
+        check_model = getattr(algorithm_config, "check_model", None)  # MAGPO's guider refuses some learners
+        if check_model is not None:
+            check_model(model_config)
         task = task.get_task() if isinstance(task, Task) else task
         self._run_identity = {
             "algorithm": algorithm_config.associated_class().__name__.lower(),
@@ -269,9 +193,6 @@ class MagpoExperiment(Experiment):
         )
         self._resume_rng = None
         callbacks = list(callbacks or [])
-        for needed in (GuiderBacktrack, GuiderWarmup, PerEpochAgentOrder, AdaptiveDelta):
-            if not any(isinstance(c, needed) for c in callbacks):
-                callbacks.append(needed())
         self._best = BestEvaluation() if absolute_metric_episodes else None
         if self._best is not None:
             callbacks.append(self._best)
@@ -285,24 +206,31 @@ class MagpoExperiment(Experiment):
             # registered apart, for the functional calls): actor, critic, value, mixer networks...
             networks = [v for loss in self.losses.values() for v in vars(loss).values() if isinstance(v, torch.nn.Module)]
             compile_feed_forward(networks)  # the collection and evaluation policies are these modules too
-        if isinstance(self.algorithm, Magpo) and self.algorithm.guider_lr is not None:
-            # BenchMARL gives every optimizer experiment.lr; the guider may learn at its own rate.
-            for optimizers in self.optimizers.values():
-                for param_group in optimizers["loss_guider"].param_groups:
-                    param_group["lr"] = self.algorithm.guider_lr
+        # The algorithm's own schedules. BenchMARL pickled the run's callbacks before building the
+        # algorithm (_setup_name), so these are not among them and a reloaded run is not given them twice.
+        training_hooks = getattr(self.algorithm, "training_hooks", None)
+        for hook in training_hooks() if training_hooks is not None else []:
+            hook.experiment = self
+            self.callbacks.append(hook)
+
+    def _deployed_policy(self):
+        """The policy that ``eval/...`` evaluates: the algorithm's decentralized learner where it
+        collects with another policy (``get_learner_policy``), else the collection policy."""
+        get_learner_policy = getattr(self.algorithm, "get_learner_policy", None)
+        return get_learner_policy() if get_learner_policy is not None else self.policy
 
     # ------------------------------------------------------------------ evaluation
 
     def _evaluation_loop(self):
-        if not isinstance(self.algorithm, Magpo):
-            return super()._evaluation_loop()
         collection_policy = self.policy
-        self.policy = self.algorithm.get_learner_policy()
+        self.policy = self._deployed_policy()
         try:
-            super()._evaluation_loop()  # logs eval/... for the learner
+            super()._evaluation_loop()  # logs eval/... (for MAGPO: the learner)
         finally:
             self.policy = collection_policy
-        self._evaluate_guider()
+        get_guider_policy = getattr(self.algorithm, "get_guider_policy", None)
+        if get_guider_policy is not None:
+            self._evaluate_guider(get_guider_policy())
 
     @torch.no_grad()
     def _rollouts(self, policy, episodes: int) -> List[TensorDictBase]:
@@ -328,12 +256,12 @@ class MagpoExperiment(Experiment):
         return rollouts
 
     @torch.no_grad()
-    def _evaluate_guider(self) -> None:
-        """Roll out the guider (centralized execution) and log it under eval_guider/.... A
+    def _evaluate_guider(self, guider) -> None:
+        """Roll out the policy ``guider`` (centralized execution) and log it under eval_guider/.... A
         diagnostic: it draws from no random stream that training uses (:func:`random_streams_kept`),
         so a run trains as it would without it."""
         with random_streams_kept():
-            rollouts = self._rollouts(self.algorithm.get_guider_policy(), self.config.evaluation_episodes)
+            rollouts = self._rollouts(guider, self.config.evaluation_episodes)
         to_log = {}
         group_means = []
         for group in self.group_map:
@@ -360,7 +288,7 @@ class MagpoExperiment(Experiment):
         evaluation's frame count at the current iteration, and writes the per-episode returns to
         the run's json (``experiment.create_json``) as its ``absolute_metrics``, in place of
         BenchMARL's entry there (the largest single-episode return seen, not the protocol's metric)."""
-        policy = self.algorithm.get_learner_policy() if isinstance(self.algorithm, Magpo) else self.policy
+        policy = self._deployed_policy()
         current = copy.deepcopy(policy.state_dict())
         policy.load_state_dict(self._best.policy_state)
         try:
@@ -376,7 +304,7 @@ class MagpoExperiment(Experiment):
         writer = self.logger.json_writer
         if writer is not None:
             metrics = {f"{group}_return": r.tolist() for group, r in per_group.items()}
-            # best_step_count marks the entry as this metric (benchmarks/protocol.py reads it)
+            # best_step_count marks the entry as this metric (benchmarl_ext/protocol.py reads it)
             writer.run_data["absolute_metrics"] = {**metrics, "return": returns.tolist(),
                                                    "best_step_count": [self._best.total_frames]}
             partial = writer.path.with_name(writer.path.name + ".partial")
@@ -406,7 +334,7 @@ class MagpoExperiment(Experiment):
         partial = out.with_name(out.name + ".partial")
         partial.write_text(json.dumps(record, indent=2))
         partial.replace(out)
-        policies = "learner" if isinstance(self.algorithm, Magpo) else "policy"
+        policies = "learner" if hasattr(self.algorithm, "get_learner_policy") else "policy"
         print(f"evaluation of {source} ({self.config.evaluation_episodes} episodes, {policies}):")
         for name, value in results.items():
             print(f"  {name} = {value:.6g}")
@@ -433,8 +361,6 @@ class MagpoExperiment(Experiment):
             for group, optimizers in self.optimizers.items()
         }
         state["rng"] = rng_state()
-        # MAGPO's delta moves with delta=auto (other algorithms: empty)
-        state["delta"] = {group: loss.options.delta for group, loss in self.losses.items() if isinstance(loss, MAGPOLoss)}
         state["run"] = dict(self._run_identity, groups=list(self.group_map), seed=self.seed)
         if self._best is not None:  # the absolute metric's best parameters so far
             state["best_evaluation"] = self._best.state_dict()
@@ -445,8 +371,6 @@ class MagpoExperiment(Experiment):
         for group, optimizers in state_dict["optimizers"].items():
             for name, optimizer_state in optimizers.items():
                 self.optimizers[group][name].load_state_dict(optimizer_state)
-        for group, delta in state_dict["delta"].items():
-            self.losses[group].options = replace(self.losses[group].options, delta=delta)
         self._resume_rng = state_dict["rng"]
         if self._best is not None and "best_evaluation" in state_dict:
             self._best.load_state_dict(state_dict["best_evaluation"])

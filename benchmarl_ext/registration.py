@@ -12,12 +12,12 @@ from benchmarl.algorithms import algorithm_config_registry
 from benchmarl.environments import task_config_registry
 from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
-from hydra_plugins.magpo_runs_sweeper import RunListSweeper
 from omegaconf import OmegaConf
 
 from benchmarl_ext.algorithm import CtdsConfig, MagpoConfig
 from benchmarl_ext.mat import MatConfig
 from benchmarl_ext.tasks import TASK_CONFIGS, TASKS
+from hydra_plugins.magpo_runs_sweeper import RunListSweeper
 
 ALGORITHMS = {"magpo": MagpoConfig, "ctds": CtdsConfig, "mat": MatConfig}
 

@@ -2,74 +2,24 @@
 
 Both entry points take the hyperparameters as one :class:`LossOptions` (validated when it was
 built), check every tensor before any computation (ValueError / TypeError naming the argument),
-then run the chosen backend. The math itself is in :mod:`kernels.reference`.
+then run the chosen backend. The math itself is in :mod:`magpo_kernels.reference`.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-from dataclasses import dataclass
+import functools
+import importlib.util
 
 import torch
 from torch import Tensor
 
-from kernels import reference
-from kernels.reference import MAGPOLossTerms
-
-BACKENDS = ("auto", "reference", "triton")
-LEARNER_KL_DIRECTIONS = ("forward", "reverse")
-
-
-@dataclass(frozen=True)
-class LossOptions:
-    """The MAGPO loss hyperparameters, validated once on construction and carried unchanged from
-    the configuration to the kernel. Every default of the package lives here.
-
-    Attributes:
-        delta: guider/learner ratio bound, > 1; ``float("inf")`` switches off the double clip
-            and the mask (the CTDS guider).
-        clip_epsilon: PPO clip, in (0, 1).
-        aux_coef: lambda, weight of the learner's PPO term, finite and >= 0 (0: pure
-            distillation, the CTDS learner).
-        learner_kl: ``"forward"`` = KL(guider || learner) (the authors' code), ``"reverse"`` =
-            KL(learner || guider) (paper Eq. 10).
-        backend: ``"auto"`` (Triton on CUDA tensors when available, else the reference),
-            ``"reference"`` or ``"triton"``.
-
-    Invalid values raise TypeError/ValueError whose message starts with the field's name.
-    """
-
-    delta: float = 1.5
-    clip_epsilon: float = 0.2
-    aux_coef: float = 1.0
-    learner_kl: str = "forward"
-    backend: str = "auto"
-
-    def __post_init__(self):
-        def real(name):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
-                raise TypeError(f"{name} must be a real number, got {value!r}")
-            object.__setattr__(self, name, float(value))  # frozen: plain floats from here on
-            return float(value)
-
-        if not real("delta") > 1.0:
-            raise ValueError(f"delta must be > 1 (inf disables the double clip), got {self.delta}")
-        if not 0.0 < real("clip_epsilon") < 1.0:
-            raise ValueError(f"clip_epsilon must be in (0, 1), got {self.clip_epsilon}")
-        aux = real("aux_coef")
-        if not (aux >= 0.0 and math.isfinite(aux)):
-            raise ValueError(f"aux_coef must be finite and >= 0, got {self.aux_coef}")
-        if self.learner_kl not in LEARNER_KL_DIRECTIONS:
-            raise ValueError(f"learner_kl must be one of {LEARNER_KL_DIRECTIONS}, got {self.learner_kl!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+from magpo_kernels.options import LossOptions
+from magpo_kernels.reference import MAGPOLossTerms, categorical_terms, normal_terms
 
 
 def _check_options(options) -> None:
     if not isinstance(options, LossOptions):
-        raise TypeError(f"options must be a kernels.LossOptions, got {type(options).__name__}")
+        raise TypeError(f"options must be a magpo_kernels.LossOptions, got {type(options).__name__}")
 
 
 def _check_tensor(name: str, value, *, floating: bool | None = None) -> Tensor:
@@ -96,10 +46,14 @@ def _check_same_device(named: dict[str, Tensor | None]) -> torch.device:
     return devices.pop()
 
 
+@functools.cache
+def triton_available() -> bool:
+    """True when the ``triton`` package can be imported (Linux); CUDA is checked per call."""
+    return importlib.util.find_spec("triton") is not None
+
+
 def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
-        from kernels import triton_available
-
         return "triton" if device.type == "cuda" and triton_available() else "reference"
     return backend
 
@@ -164,10 +118,10 @@ def magpo_loss_categorical(
         )
     )
     if _resolve_backend(options.backend, device) == "triton":
-        from kernels.magpo_categorical import triton_categorical
+        from magpo_kernels.magpo_categorical import triton_categorical
 
         return triton_categorical(guider_logits, learner_logits, action, behavior_log_prob, advantage, options, action_mask)
-    return reference.categorical_terms(guider_logits, learner_logits, action, behavior_log_prob, advantage, options, action_mask)
+    return categorical_terms(guider_logits, learner_logits, action, behavior_log_prob, advantage, options, action_mask)
 
 
 def magpo_loss_normal(
@@ -216,7 +170,7 @@ def magpo_loss_normal(
     device = _check_same_device(named)
     args = (guider_loc, guider_scale, learner_loc, learner_scale, action, behavior_log_prob, advantage, options)
     if _resolve_backend(options.backend, device) == "triton":
-        from kernels.magpo_normal import triton_normal
+        from magpo_kernels.magpo_normal import triton_normal
 
         return triton_normal(*args)
-    return reference.normal_terms(*args)
+    return normal_terms(*args)

@@ -6,7 +6,7 @@ Each program takes ``BLOCK_R`` rows and walks their ``A`` columns in tiles of ``
    lanes (so log-sum-exp = max + log1p(rest) stays exact when one action has almost all the
    mass) and the exp-weighted sums that give both KLs and the guider's entropy (masked lanes
    load as -inf and are kept out by ``tl.where``);
-2. the row math of Eq. 8-11 (:func:`kernels.triton_common.magpo_row_math`) turns the taken
+2. the row math of Eq. 8-11 (:func:`magpo_kernels.triton_common.magpo_row_math`) turns the taken
    action's log-probs into the surrogates, the mask and the clip flags; the program writes its
    sums of the eight statistics (summed on the host side by ``torch.sum``: deterministic, no
    atomics);
@@ -26,13 +26,13 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.reference import MAGPOLossTerms, compute_dtype
-from kernels.triton_common import (
+from magpo_kernels.reference import MAGPOLossTerms, compute_dtype
+from magpo_kernels.triton_common import (
     NUM_STATS,
     as_rows,
     check_triton_device,
     finish_terms,
-    log_delta,
+    log_of_delta,
     magpo_row_math,
     scale_add,
     store_partials,
@@ -101,7 +101,7 @@ def _categorical_kernel(
     num_rows, num_actions,
     g_row_stride, g_col_stride, l_row_stride, l_col_stride,
     action_stride, behavior_stride, advantage_stride, mask_row_stride, mask_col_stride,
-    LOG_DELTA: tl.constexpr, CLIP_EPSILON: tl.constexpr, AUX_COEF: tl.constexpr, REVERSE_KL: tl.constexpr,
+    log_delta, clip_epsilon, aux_coef, REVERSE_KL: tl.constexpr,
     HAS_MASK: tl.constexpr, GUIDER_GRAD: tl.constexpr, LEARNER_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_A: tl.constexpr,
 ):
@@ -163,7 +163,7 @@ def _categorical_kernel(
     behavior_lp = tl.load(behavior_ptr + rows * behavior_stride, mask=row_ok, other=0.0).to(tl.float32)
     advantage = tl.load(advantage_ptr + rows * advantage_stride, mask=row_ok, other=0.0).to(tl.float32)
     (g_surrogate, g_clipped, out_of_band, g_coef, l_surrogate, l_clipped, l_coef) = magpo_row_math(
-        guider_lp, learner_lp, behavior_lp, advantage, LOG_DELTA, CLIP_EPSILON
+        guider_lp, learner_lp, behavior_lp, advantage, log_delta, clip_epsilon
     )
     masked_kl = tl.where(out_of_band, kl_gl, 0.0)
     store_partials(
@@ -195,7 +195,7 @@ def _categorical_kernel(
                     kl_grad_l = q * (log_q - log_p - kl_lg[:, None])
                 else:
                     kl_grad_l = q - p
-                grad_l = kl_grad_l + AUX_COEF * l_coef[:, None] * _onehot_minus(taken, q, log_q)
+                grad_l = kl_grad_l + aux_coef * l_coef[:, None] * _onehot_minus(taken, q, log_q)
                 tl.store(grad_learner_ptr + out, grad_l, mask=ok)
 
 
@@ -238,7 +238,7 @@ class MAGPOCategoricalFunction(torch.autograd.Function):
             g.stride(0), g.stride(1), l.stride(0), l.stride(1),
             a.stride(0), b.stride(0), adv.stride(0),
             0 if m is None else m.stride(0), 0 if m is None else m.stride(1),
-            LOG_DELTA=log_delta(options.delta), CLIP_EPSILON=options.clip_epsilon, AUX_COEF=options.aux_coef,
+            log_delta=log_of_delta(options.delta), clip_epsilon=options.clip_epsilon, aux_coef=options.aux_coef,
             REVERSE_KL=options.learner_kl == "reverse", HAS_MASK=m is not None, GUIDER_GRAD=guider_grad, LEARNER_GRAD=learner_grad,
             BLOCK_R=block_r, BLOCK_A=block_a,
         )
@@ -266,7 +266,7 @@ class MAGPOCategoricalFunction(torch.autograd.Function):
 
 def triton_categorical(guider_logits, learner_logits, action, behavior_log_prob, advantage, options,
                        action_mask=None) -> MAGPOLossTerms:
-    """The Triton backend of :func:`kernels.magpo_loss_categorical` (inputs already checked)."""
+    """The Triton backend of :func:`magpo_kernels.magpo_loss_categorical` (inputs already checked)."""
     check_triton_device(guider_logits)
     outputs = MAGPOCategoricalFunction.apply(
         guider_logits, learner_logits, action, behavior_log_prob.detach(), advantage.detach(), action_mask, options

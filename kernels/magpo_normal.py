@@ -3,7 +3,7 @@
 Each program takes ``BLOCK_R`` rows as a ``[BLOCK_R, BLOCK_D]`` tile (D <= 64 action dims), so
 every row's guider and learner parameters are read once. It computes the log-probs of the
 taken action, both KLs and the guider's entropy (summed over D), applies the row math of
-Eq. 8-11 (:func:`kernels.triton_common.magpo_row_math`), writes per-program sums of the eight
+Eq. 8-11 (:func:`magpo_kernels.triton_common.magpo_row_math`), writes per-program sums of the eight
 statistics and, when gradients are needed, the fp32 per-row gradients (not yet divided by the
 row count) that ``backward`` scales by the incoming gradients. TanhNormal policies use this on
 the underlying Normal (the tanh Jacobian cancels; see docs/design.md, "TanhNormal").
@@ -23,13 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.reference import MAGPOLossTerms, compute_dtype
-from kernels.triton_common import (
+from magpo_kernels.reference import MAGPOLossTerms, compute_dtype
+from magpo_kernels.triton_common import (
     NUM_STATS,
     as_rows,
     check_triton_device,
     finish_terms,
-    log_delta,
+    log_of_delta,
     magpo_row_math,
     scale_add,
     store_partials,
@@ -55,7 +55,7 @@ def _normal_kernel(
     num_rows, dim,
     g_loc_rs, g_loc_cs, g_scale_rs, g_scale_cs, l_loc_rs, l_loc_cs, l_scale_rs, l_scale_cs,
     action_rs, action_cs, behavior_stride, advantage_stride,
-    LOG_DELTA: tl.constexpr, CLIP_EPSILON: tl.constexpr, AUX_COEF: tl.constexpr, REVERSE_KL: tl.constexpr,
+    log_delta, clip_epsilon, aux_coef, REVERSE_KL: tl.constexpr,
     HALF_LOG_2PI: tl.constexpr, GUIDER_GRAD: tl.constexpr, LEARNER_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -88,7 +88,7 @@ def _normal_kernel(
     behavior_lp = tl.load(behavior_ptr + rows * behavior_stride, mask=row_ok, other=0.0).to(tl.float32)
     advantage = tl.load(advantage_ptr + rows * advantage_stride, mask=row_ok, other=0.0).to(tl.float32)
     (g_surrogate, g_clipped, out_of_band, g_coef, l_surrogate, l_clipped, l_coef) = magpo_row_math(
-        guider_lp, learner_lp, behavior_lp, advantage, LOG_DELTA, CLIP_EPSILON
+        guider_lp, learner_lp, behavior_lp, advantage, log_delta, clip_epsilon
     )
     masked_kl = tl.where(out_of_band, kl_gl, 0.0)
     store_partials(
@@ -112,8 +112,8 @@ def _normal_kernel(
         else:  # KL(guider || learner): the learner is Q
             kl_loc = (l_loc - g_loc) / (l_scale * l_scale)
             kl_scale = 1.0 / l_scale - (g_scale * g_scale + (g_loc - l_loc) * (g_loc - l_loc)) / (l_scale * l_scale * l_scale)
-        d_loc = kl_loc + AUX_COEF * l_coef[:, None] * z_l / l_scale
-        d_scale = kl_scale + AUX_COEF * l_coef[:, None] * (z_l * z_l - 1.0) / l_scale
+        d_loc = kl_loc + aux_coef * l_coef[:, None] * z_l / l_scale
+        d_scale = kl_scale + aux_coef * l_coef[:, None] * (z_l * z_l - 1.0) / l_scale
         tl.store(grad_l_loc_ptr + out, d_loc, mask=ok)
         tl.store(grad_l_scale_ptr + out, d_scale, mask=ok)
 
@@ -147,7 +147,7 @@ class MAGPONormalFunction(torch.autograd.Function):
             num_rows, dim,
             gm.stride(0), gm.stride(1), gs.stride(0), gs.stride(1), lm.stride(0), lm.stride(1),
             ls.stride(0), ls.stride(1), x.stride(0), x.stride(1), b.stride(0), adv.stride(0),
-            LOG_DELTA=log_delta(options.delta), CLIP_EPSILON=options.clip_epsilon, AUX_COEF=options.aux_coef,
+            log_delta=log_of_delta(options.delta), clip_epsilon=options.clip_epsilon, aux_coef=options.aux_coef,
             REVERSE_KL=options.learner_kl == "reverse",
             HALF_LOG_2PI=HALF_LOG_2PI, GUIDER_GRAD=guider_grad, LEARNER_GRAD=learner_grad,
             BLOCK_R=block_r, BLOCK_D=block_d,
@@ -181,7 +181,7 @@ class MAGPONormalFunction(torch.autograd.Function):
 
 def triton_normal(guider_loc, guider_scale, learner_loc, learner_scale, action, behavior_log_prob, advantage,
                   options) -> MAGPOLossTerms:
-    """The Triton backend of :func:`kernels.magpo_loss_normal` (inputs already checked)."""
+    """The Triton backend of :func:`magpo_kernels.magpo_loss_normal` (inputs already checked)."""
     check_triton_device(guider_loc)
     dim = guider_loc.shape[-1]
     if dim > MAX_ACTION_DIM:

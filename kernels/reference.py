@@ -14,25 +14,24 @@ Gradient routing (what lets BenchMARL back-propagate the two losses one after th
 is. Only ``loss_guider``, ``loss_learner`` and ``guider_entropy`` carry gradients; the other
 fields are detached diagnostics.
 
-Input validation lives in :mod:`kernels.api`; these functions assume checked inputs.
+Input validation lives in :mod:`magpo_kernels.api`; these functions assume checked inputs.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # api imports this module; the options only pass through here
-    from kernels.api import LossOptions
+from magpo_kernels.options import LossOptions
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 class MAGPOLossTerms(NamedTuple):
-    """Scalar means over rows of the MAGPO loss terms (see :func:`kernels.magpo_loss_categorical`).
+    """Scalar means over rows of the MAGPO loss terms (see :func:`magpo_kernels.magpo_loss_categorical`).
 
     ``loss_guider``, ``loss_learner`` and ``guider_entropy`` are differentiable; the rest are
     detached diagnostics.

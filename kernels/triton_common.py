@@ -1,7 +1,7 @@
 """What the fused MAGPO kernels share: the per-row math of Eq. 8-11, the backward scaling
 kernel, the reduction of per-program partials into the contract's terms, device checks.
 
-The row math mirrors ``kernels.reference._magpo_terms`` line for line (same float path for
+The row math mirrors ``magpo_kernels.reference._magpo_terms`` line for line (same float path for
 ``r`` and the bounded ratio, same tie rule), plus the derivative of each surrogate with
 respect to the taken action's log-prob: in the clipped branch it is exactly zero (a clamp is
 strictly active there), in the unclipped branch it is ``-ratio * A``.
@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.reference import MAGPOLossTerms
+from magpo_kernels.reference import MAGPOLossTerms
 
 # Per-row statistics each kernel sums per program: the contract's fields after the two losses,
 # in their order (store_partials writes its arguments as columns in this order; finish_terms
@@ -62,25 +62,25 @@ def finish_terms(partials: torch.Tensor, num_rows: int, aux_coef: float, loss_dt
 
 
 @triton.jit
-def magpo_row_math(guider_lp, learner_lp, behavior_lp, advantage, LOG_DELTA: tl.constexpr, CLIP_EPSILON: tl.constexpr):
+def magpo_row_math(guider_lp, learner_lp, behavior_lp, advantage, log_delta, clip_epsilon):
     """Eq. 8-11 on fp32 row vectors. Returns (guider surrogate, guider clipped, out of band,
     d guider surrogate / d guider_lp, learner surrogate, learner clipped, d learner surrogate /
     d learner_lp)."""
     log_rho = guider_lp - learner_lp
     log_learner_over_old = learner_lp - behavior_lp
     ratio = tl.exp(log_rho + log_learner_over_old)
-    bounded = tl.exp(tl.minimum(tl.maximum(log_rho, -LOG_DELTA), LOG_DELTA) + log_learner_over_old)
-    double_clipped = tl.minimum(tl.maximum(bounded, 1.0 - CLIP_EPSILON), 1.0 + CLIP_EPSILON)
+    bounded = tl.exp(tl.minimum(tl.maximum(log_rho, -log_delta), log_delta) + log_learner_over_old)
+    double_clipped = tl.minimum(tl.maximum(bounded, 1.0 - clip_epsilon), 1.0 + clip_epsilon)
     gain = ratio * advantage
     clipped_gain = double_clipped * advantage
     guider_clipped = clipped_gain < gain
     guider_surrogate = -tl.where(guider_clipped, clipped_gain, gain)
     guider_coef = tl.where(guider_clipped, 0.0, -gain)
-    out_of_band = (log_rho <= -LOG_DELTA) | (log_rho >= LOG_DELTA)
+    out_of_band = (log_rho <= -log_delta) | (log_rho >= log_delta)
 
     learner_ratio = tl.exp(learner_lp - behavior_lp)
     learner_gain = learner_ratio * advantage
-    learner_clipped_gain = tl.minimum(tl.maximum(learner_ratio, 1.0 - CLIP_EPSILON), 1.0 + CLIP_EPSILON) * advantage
+    learner_clipped_gain = tl.minimum(tl.maximum(learner_ratio, 1.0 - clip_epsilon), 1.0 + clip_epsilon) * advantage
     learner_clipped = learner_clipped_gain < learner_gain
     learner_surrogate = -tl.where(learner_clipped, learner_clipped_gain, learner_gain)
     learner_coef = tl.where(learner_clipped, 0.0, -learner_gain)
@@ -142,6 +142,6 @@ def scale_add(x, a, y, b, like: tuple[torch.Size, torch.dtype], num_rows: int):
     return out
 
 
-def log_delta(delta: float) -> float:
-    """log(delta) as a kernel constant (inf for the CTDS setting delta = inf)."""
+def log_of_delta(delta: float) -> float:
+    """log(delta), a run-time kernel argument (inf for the CTDS setting delta = inf)."""
     return math.log(delta)

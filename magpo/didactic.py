@@ -161,7 +161,7 @@ def distill_stochastic_teacher(iterations: int = 300, seed: int = 0, batch: int 
     KL(teacher || student) on the teacher's joint actions (the learner side of the loss contract
     with aux_coef = 0). Returns the students' exact success probability; the best any factorized
     imitation of this teacher can do is 0.5."""
-    from kernels import magpo_loss_categorical
+    from magpo_kernels import magpo_loss_categorical
 
     generator = torch.Generator().manual_seed(seed)
     students = nn.Parameter(torch.zeros(AGENTS, ACTIONS))

@@ -4,7 +4,7 @@ They follow ``torchrl.objectives.ClipPPOLoss`` and inherit its machinery from
 :class:`~torchrl.objectives.PPOLoss`: configurable keys (``set_keys``), functional parameters,
 the value estimator (GAE by default, ``make_value_estimator``), the (optionally clipped) critic
 loss and explained variance. The per-sample math is not here: it goes through the
-:mod:`kernels` contract (``kernels.magpo_loss_categorical`` / ``kernels.magpo_loss_normal``).
+:mod:`kernels` contract (``magpo_kernels.magpo_loss_categorical`` / ``magpo_kernels.magpo_loss_normal``).
 
 Roles. ``actor_network`` is the *guider*, the policy that collected the data: its log-prob key
 is the behaviour log-prob (``sample_log_prob``). ``learner_network`` is the decentralized
@@ -31,14 +31,14 @@ from torch import Tensor, distributions as D
 from torchrl.modules import MaskedCategorical
 from torchrl.objectives import PPOLoss
 
-import kernels
-from kernels import LossOptions, MAGPOLossTerms
+import magpo_kernels
+from magpo_kernels import LossOptions, MAGPOLossTerms
 
 from .guiders import AnchoredGuider
 
 __all__ = ["GuiderClipLoss", "LearnerKLPPOLoss", "LossOptions", "MAGPOLoss", "NonFiniteLossError"]
 
-# The diagnostics of kernels.MAGPOLossTerms (its fields after the two losses), by the side they
+# The diagnostics of magpo_kernels.MAGPOLossTerms (its fields after the two losses), by the side they
 # describe: the guider's loss outputs the first, the learner's the second, MAGPOLoss both.
 GUIDER_DIAGNOSTICS = tuple(n for n in MAGPOLossTerms._fields[2:] if not n.startswith("learner_"))
 LEARNER_DIAGNOSTICS = tuple(n for n in MAGPOLossTerms._fields[2:] if n.startswith("learner_"))
@@ -217,7 +217,7 @@ class _GuidedPPOLoss(PPOLoss):
         with getattr(self, f"{name}_network_params").to_module(network):
             return network.get_dist(tensordict)
 
-    def _terms(self, tensordict: TensorDictBase, advantage: Tensor) -> kernels.MAGPOLossTerms:
+    def _terms(self, tensordict: TensorDictBase, advantage: Tensor) -> magpo_kernels.MAGPOLossTerms:
         action = tensordict.get(self.tensor_keys.action)
         behavior_log_prob = tensordict.get(self.tensor_keys.sample_log_prob, None)
         if behavior_log_prob is None:
@@ -252,8 +252,8 @@ class _GuidedPPOLoss(PPOLoss):
             mask = g_second if l_second is None else (l_second if g_second is None else g_second & l_second)
             if mask is not None:
                 mask = mask.expand(g_first.shape)
-            return kernels.magpo_loss_categorical(g_first, l_first, action, behavior, advantage, self.options, action_mask=mask)
-        return kernels.magpo_loss_normal(
+            return magpo_kernels.magpo_loss_categorical(g_first, l_first, action, behavior, advantage, self.options, action_mask=mask)
+        return magpo_kernels.magpo_loss_normal(
             g_first, g_second.expand_as(g_first), l_first, l_second.expand_as(l_first), action, behavior, advantage,
             self.options,
         )
@@ -340,7 +340,7 @@ class MAGPOLoss(_GuidedPPOLoss):
     """The whole MAGPO objective in one forward: guider, learner, critic and entropy.
 
     Outputs ``loss_guider``, ``loss_learner``, ``loss_critic``, ``loss_entropy``, every
-    diagnostic of :class:`kernels.MAGPOLossTerms` (``guider_objective``, ``guider_kl``,
+    diagnostic of :class:`magpo_kernels.MAGPOLossTerms` (``guider_objective``, ``guider_kl``,
     ``learner_kl``, ``learner_objective``, ``mask_fraction``, ``guider_clip_fraction``,
     ``learner_clip_fraction``, ``guider_entropy``), ``explained_variance`` (and
     ``value_clip_fraction`` with ``clip_value``). Back-propagate ``loss_guider + loss_entropy``
@@ -366,7 +366,7 @@ class MAGPOLoss(_GuidedPPOLoss):
         learner_network: the decentralized learner.
         critic_network: the centralized critic (required here); estimates the advantage when
             the batch holds none and is trained with ``loss_critic``.
-        options: :class:`kernels.LossOptions` (delta, clip_epsilon, aux_coef, learner_kl,
+        options: :class:`magpo_kernels.LossOptions` (delta, clip_epsilon, aux_coef, learner_kl,
             backend), validated when built; the default is the package's default set.
         entropy_coeff: weight of the guider's entropy bonus, >= 0.
         critic_coeff: weight of the critic loss (TorchRL's meaning; None = 1.0 with a critic).

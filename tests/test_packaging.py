@@ -1,8 +1,10 @@
-"""A non-editable install works from any directory and ships the Hydra YAML."""
+"""A non-editable install works from any directory and ships the Hydra YAML; the wheel's import
+names cannot collide with other PyPI packages (PyPI's `kernels` above all)."""
 
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +22,7 @@ def test_non_editable_install_from_another_directory(tmp_path):
     # then every YAML of the checkout's conf/ in the installed benchmarl_ext.conf
     probe = (
         "import importlib, pkgutil, importlib.resources as r\n"
-        "for name in ('magpo', 'kernels', 'benchmarl_ext'):\n"
+        "for name in ('magpo', 'magpo_kernels', 'benchmarl_ext'):\n"
         "    package = importlib.import_module(name)\n"
         "    print(package.__file__)\n"
         "    for module in pkgutil.walk_packages(package.__path__, name + '.'):\n"
@@ -36,3 +38,17 @@ def test_non_editable_install_from_another_directory(tmp_path):
     assert any(path.endswith("benchmarl_ext/conf/__init__.py") for path in modules), modules
     for path in modules:
         assert path.startswith(str(target)), path  # the installed copy, not the checkout
+
+
+def test_wheel_top_level_names_are_our_own(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(tmp_path),
+         str(REPO)],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = tmp_path.glob("magpo-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/", 1)[0] for name in names if "/" in name and ".dist-info/" not in name}
+    assert top_level == {"magpo", "magpo_kernels", "benchmarl_ext", "hydra_plugins"}, top_level
+    assert "magpo_kernels/reference.py" in names and "magpo_kernels/bench.py" not in names

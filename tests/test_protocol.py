@@ -1,18 +1,16 @@
-"""benchmarks/protocol.py: the field's evaluation protocol through rliable, on synthetic curves
+"""benchmarl_ext.protocol: the field's evaluation protocol through rliable, on synthetic curves
 whose answers are known."""
 
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("rliable", reason="the report extra (part of the test extra) is missing")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import protocol  # noqa: E402
+from benchmarl_ext import protocol  # noqa: E402  (after the skip: it needs rliable)
 
 FRAMES = [1000, 2000, 3000]
 
@@ -55,8 +53,8 @@ def test_ragged_tables_are_refused(tmp_path):
 def write_benchmarl_json(folder: Path, returns: dict[tuple[str, str], list[list[float]]]) -> None:
     """Each run's json written by BenchMARL's own JsonWriter, one folder per run, evaluation
     episodes scattered around the wanted mean."""
-    from benchmarl.experiment.logger import JsonWriter
     import torch
+    from benchmarl.experiment.logger import JsonWriter
 
     for (task, algorithm), seeds in returns.items():
         environment, task_name = task.split("/")

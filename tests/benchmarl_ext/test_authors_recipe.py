@@ -14,11 +14,11 @@ from benchmarl.hydra_config import (
     load_model_config_from_hydra,
 )
 from benchmarl.models import GruConfig
+from configs import build_experiment, compose_config
 
 from benchmarl_ext import cli
 from benchmarl_ext.plots import read_scalar
 from benchmarl_ext.registration import frames_per_minibatch, register
-from configs import build_experiment, compose_config
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 register()

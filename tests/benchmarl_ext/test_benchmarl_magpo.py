@@ -8,6 +8,7 @@ import math
 import os
 from pathlib import Path
 
+import configs
 import pytest
 import torch
 from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -16,7 +17,6 @@ from benchmarl_ext import cli
 from benchmarl_ext import experiment as experiment_module
 from benchmarl_ext.plots import read_scalar
 from benchmarl_ext.registration import register
-import configs
 from magpo.guiders import SequentialGuiderSampler, TeacherForcedGuider
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -244,7 +244,7 @@ def test_guider_evaluation_leaves_training_unchanged(tmp_path, monkeypatch):
     overrides = ["algorithm=magpo", "experiment.max_n_frames=240", "experiment.checkpoint_at_end=false", "seed=1"]
     with_guider = make_experiment(tmp_path / "with", overrides)
     with_guider.run()
-    monkeypatch.setattr(experiment_module.MagpoExperiment, "_evaluate_guider", lambda self: None)
+    monkeypatch.setattr(experiment_module.MagpoExperiment, "_evaluate_guider", lambda self, guider: None)
     without = make_experiment(tmp_path / "without", overrides)
     without.run()
     assert read_scalar(with_guider.folder_name, "eval_guider_reward_episode_reward_mean")  # it did evaluate

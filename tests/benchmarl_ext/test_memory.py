@@ -10,11 +10,11 @@ import pytest
 import torch
 from benchmarl.experiment.callback import Callback
 from benchmarl.models import Gru, Lstm
+from configs import build_experiment
 
 from benchmarl_ext import cli
 from benchmarl_ext.plots import read_scalar
 from benchmarl_ext.registration import register
-from configs import build_experiment
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 register()

@@ -3,20 +3,16 @@ conf/hydra/launcher, and TensorBoard through BenchMARL's logger. Tiny sizes."""
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import math
-import re
-import statistics
-import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
 
 from benchmarl_ext import cli
-from benchmarl_ext.plots import area_under_curve, frames_of, read_scalar
+from benchmarl_ext.plots import read_scalar
 from benchmarl_ext.registration import register
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -49,8 +45,7 @@ def test_joblib_multirun_runs_two_jobs_in_parallel_processes(tmp_path):
     folders = finished_magpo_and_mappo_runs(tmp_path)
     # the multirun's BenchMARL json files are what the evaluation protocol reads; MAGPO's are its learner's
     if importlib.util.find_spec("rliable") is not None:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-        import protocol
+        from benchmarl_ext import protocol
 
         curves, frames = protocol.read_curves(tmp_path)
         assert sorted(curves["vmas/balance"]) == ["magpo", "mappo"] and len(frames["vmas/balance"]) == 2
@@ -126,116 +121,39 @@ def test_tensorboard_logs_magpo_keys(tmp_path):
 
 
 def test_benchmark_runs_go_through_a_launcher_and_finished_ones_are_reused(tmp_path, monkeypatch):
-    """benchmarks/runs_common.run_many: a list of runs, each with its own overrides, through
+    """benchmarl_ext.benchmark_runs.run_many: a list of runs, each with its own overrides, through
     hydra/sweeper=magpo_runs and the joblib launcher; a second call launches nothing."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the launchers extra (part of the test extra) is missing")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import runs_common
+    from benchmarl_ext import runs as benchmark_runs
 
     runs = [("balance_magpo", ["algorithm=magpo", "seed=3", *TINY]), ("balance_mappo", ["algorithm=mappo", *TINY])]
-    folders = runs_common.run_many(runs, tmp_path, jobs=2)
+    folders = benchmark_runs.run_many(runs, tmp_path, jobs=2)
     assert [f.parent.name for f in folders] == ["balance_magpo", "balance_mappo"]
     assert [f.name.split("_")[0] for f in folders] == ["magpo", "mappo"]
     assert all((f / "learning_curve.png").exists() for f in folders)
     assert "seed: 3" in (folders[0].parent / ".hydra" / "config.yaml").read_text()  # the run's own overrides
-    monkeypatch.setattr(runs_common.subprocess, "run", lambda *a, **k: pytest.fail("launched a finished run"))
-    assert runs_common.run_many(runs, tmp_path, jobs=2) == folders
+    monkeypatch.setattr(benchmark_runs.subprocess, "run", lambda *a, **k: pytest.fail("launched a finished run"))
+    assert benchmark_runs.run_many(runs, tmp_path, jobs=2) == folders
     # a run whose overrides changed is not reused: it alone goes to the launcher again
     launched = []
-    monkeypatch.setattr(runs_common.subprocess, "run", lambda command, **k: launched.append(command))
+    monkeypatch.setattr(benchmark_runs.subprocess, "run", lambda command, **k: launched.append(command))
     changed = [runs[0], ("balance_mappo", ["algorithm=mappo", "seed=1", *TINY])]
     with pytest.raises(RuntimeError, match=r"1 runs did not finish: balance_mappo"):
-        runs_common.run_many(changed, tmp_path, jobs=2)
+        benchmark_runs.run_many(changed, tmp_path, jobs=2)
     assert len(launched) == 1
     assert [r["name"] for r in json.loads((tmp_path / "runs.json").read_text())] == ["balance_mappo"]
     assert (folders[0] / "learning_curve.png").exists()
 
 
-def test_magpo_vs_mappo_reports_the_absolute_metric(tmp_path):
-    """benchmarks/magpo_vs_mappo.py end to end at tiny sizes, 2 seeds from --first-seed 5, with
-    --absolute-episodes: every run re-evaluates its best evaluation, and the task's table has the
-    column."""
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the launchers extra (part of the test extra) is missing")
-    pytest.importorskip("rliable", reason="the report extra (part of the test extra) is missing")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import magpo_vs_mappo
-    import runs_common
-
-    sizes = [o for o in TINY if not o.startswith(("task=", "experiment="))]
-    magpo_vs_mappo.main(["--seeds", "2", "--first-seed", "5", "--tasks", "vmas/balance", "--magpo", "magpo", "--jobs", "2",
-                         "--absolute-episodes", "3", "--out", str(tmp_path), *sizes])
-    report = (tmp_path / "magpo_vs_mappo.md").read_text()
-    header = next(line for line in report.splitlines() if line.startswith("| policy"))
-    assert "| absolute metric | per seed |" in header
-    lines = report.splitlines()
-    table = lines[lines.index(header):]
-    table = table[:table.index("")]  # the task's main table, not the difference and curve tables below it
-    rows = [line for line in table if line.startswith(("| MAPPO", "| magpo learner"))]
-    assert len(rows) == 2 and all(len(row.split("|")) == len(header.split("|")) for row in rows)
-    assert header.endswith("| guider minus learner AUC |")
-    mappo_row, magpo_row = (next(row for row in rows if row.startswith(start)) for start in ("| MAPPO", "| magpo learner"))
-    assert mappo_row.split("|")[-2].strip() == "-"  # MAPPO has no guider
-    lead = magpo_row.split("|")[-2].strip()  # "mean [low, high]" over the two seeds
-    assert re.fullmatch(r"-?\d+\.\d\d \[-?\d+\.\d\d, -?\d+\.\d\d\]", lead), lead
-    differences = []  # the guider's evaluation AUC minus the learner's, from each MAGPO run's own csv logs
-    for run in sorted((tmp_path / "runs").glob("*_magpo_seed*")):
-        experiment = next(p for p in run.iterdir() if p.is_dir() and not p.name.startswith("."))
-        frames = frames_of(experiment)
-        auc = {name: area_under_curve([(frames[i], v) for i, v in sorted(read_scalar(experiment, name).items())])
-               for name in ("eval_guider_reward_episode_reward_mean", "eval_reward_episode_reward_mean")}
-        differences.append(auc["eval_guider_reward_episode_reward_mean"] - auc["eval_reward_episode_reward_mean"])
-    assert float(lead.split()[0]) == pytest.approx(statistics.fmean(differences), abs=5e-3)
-    below = lines[next(i for i, line in enumerate(lines) if line.startswith("Per-seed differences against MAPPO")):]
-    difference = next(line for line in below if line.startswith("| magpo learner |"))
-    assert all(cell.strip().startswith(("+", "-")) for cell in difference.split("|")[2:4])  # final, AUC
-    assert "--absolute-episodes 3" in report and "on 3 episodes" in report
-    assert "the learner), deterministic actions." in report
-    (random_row,) = [line for line in report.splitlines() if line.startswith("| uniformly random actions")]
-    assert len(random_row.split("|")) == len(header.split("|"))
-    level = float(random_row.split("|")[2])
-    assert level == float(random_row.split("|")[4])  # the AUC of a constant is the constant
-    assert level == pytest.approx(runs_common.random_policy_return(["algorithm=mappo", "seed=0", *TINY]), abs=5e-3)
-    runs = sorted((tmp_path / "runs").glob("*_seed*"))
-    assert [run.name for run in runs] == ["vmas_balance_magpo_seed5", "vmas_balance_magpo_seed6",
-                                          "vmas_balance_mappo_seed5", "vmas_balance_mappo_seed6"]
-    for run in runs:
-        overrides = (run / ".hydra" / "overrides.yaml").read_text()
-        assert "absolute_metric_episodes=3" in overrides and f"seed={run.name[-1]}" in overrides
-    with (tmp_path / "magpo_vs_mappo_curves.csv").open() as f:
-        assert {row["seed"] for row in csv.DictReader(f)} == {"5", "6"}
-    assert "2 seeds, 5-6)" in report and "--seeds 2 --first-seed 5 " in report
-    assert (tmp_path / "magpo_vs_mappo_protocol.md").exists()
-
-
-def test_magpo_vs_mappo_says_how_the_runs_evaluated(tmp_path):
-    """The report's header reads the action mode from each run's Hydra record instead of
-    assuming one (experiment=coordsum evaluates sampled actions)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import magpo_vs_mappo
-
-    def run(name, deterministic):
-        hydra = tmp_path / name / ".hydra"
-        hydra.mkdir(parents=True)
-        (hydra / "config.yaml").write_text(f"experiment:\n  evaluation_deterministic_actions: {str(deterministic).lower()}\n")
-        return tmp_path / name / "experiment_folder"
-
-    deterministic, sampled = [run("a", True), run("b", True)], [run("c", False), run("d", False)]
-    assert magpo_vs_mappo.evaluation_actions(deterministic) == "deterministic"
-    assert magpo_vs_mappo.evaluation_actions(sampled) == "sampled"
-    assert magpo_vs_mappo.evaluation_actions(deterministic + sampled) == "deterministic or sampled (per run)"
-
-
 def test_random_level_is_the_evaluation_return_of_random_actions():
-    """runs_common.random_policy_return on CoordSum-3x10 equals the same random rollout of
+    """benchmarl_ext.benchmark_runs.random_policy_return on CoordSum-3x10 equals the same random rollout of
     CoordSumEnv summed by hand (fixed-length episodes, one reward for the team)."""
     import torch
 
+    from benchmarl_ext import runs as benchmark_runs
     from magpo.envs.coordsum import GROUP, CoordSumEnv
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import runs_common
-
-    level = runs_common.random_policy_return(["algorithm=mappo", "task=coordsum/3x10", "experiment=coordsum"], episodes=64)
+    level = benchmark_runs.random_policy_return(["algorithm=mappo", "task=coordsum/3x10", "experiment=coordsum"], episodes=64)
     env = CoordSumEnv(3, 10, 30, batch_size=(64,), seed=0)
     torch.manual_seed(0)
     rollout = env.rollout(env.time_limit, break_when_any_done=False)
@@ -249,26 +167,24 @@ def test_evaluation_return_counts_each_episode_up_to_its_first_done():
     import torch
     from tensordict import TensorDict
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import runs_common
+    from benchmarl_ext import runs as benchmark_runs
 
     done = torch.tensor([[0, 1, 0, 0], [0, 0, 0, 1]], dtype=torch.bool).unsqueeze(-1)  # [episodes, time, 1]
     reward = torch.tensor([[1.0, 2.0, 100.0, 100.0], [1.0, 1.0, 1.0, 1.0]])
     per_agent = torch.stack([reward, 3 * reward], dim=-1).unsqueeze(-1)  # [episodes, time, 2 agents, 1]
     rollout = TensorDict({"next": {"done": done, "a": {"reward": per_agent}, "reward": reward.unsqueeze(-1)}}, batch_size=[2, 4])
     # episode 0: 2 * (1 + 2) = 6 (mean of the two agents: 2 x the reward); episode 1: 2 * 4 = 8
-    assert runs_common.evaluation_return(rollout, ["a"]) == pytest.approx(7.0)
+    assert benchmark_runs.evaluation_return(rollout, ["a"]) == pytest.approx(7.0)
     # group "b" has no reward of its own: the env's reward, (3 + 4) / 2
-    assert runs_common.evaluation_return(rollout, ["b"]) == pytest.approx(3.5)
-    assert runs_common.evaluation_return(rollout, ["a", "b"]) == pytest.approx(5.25)
+    assert benchmark_runs.evaluation_return(rollout, ["b"]) == pytest.approx(3.5)
+    assert benchmark_runs.evaluation_return(rollout, ["a", "b"]) == pytest.approx(5.25)
 
 
 def test_a_failed_benchmark_run_is_named(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import runs_common
+    from benchmarl_ext import runs as benchmark_runs
 
     with pytest.raises(RuntimeError, match=r"1 runs did not finish: bad_delta"):
-        runs_common.run_many([("bad_delta", ["algorithm=magpo", "algorithm.delta=0.5", *TINY])], tmp_path)
+        benchmark_runs.run_many([("bad_delta", ["algorithm=magpo", "algorithm.delta=0.5", *TINY])], tmp_path)
     assert "algorithm.delta" in (tmp_path / "multirun.log").read_text()
 
 
@@ -286,28 +202,3 @@ def test_a_bad_runs_file_is_refused_naming_the_field(tmp_path, content, message)
         path.write_text(content)
     with pytest.raises(ValueError, match=r"^hydra\.sweeper\.runs_file=.*" + message):
         read_runs(path)
-
-
-def test_magpo_vs_mappo_pairs_runs_by_seed_and_tables_the_mean_curve():
-    """The report's per-seed differences subtract MAPPO's run of the same seed (not the means of
-    the two columns alone), and its curve table is the mean over seeds at every evaluation; runs
-    that cannot be paired or that evaluated at other frames are refused."""
-    pytest.importorskip("rliable", reason="the report extra (part of the test extra) is missing")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import magpo_vs_mappo
-
-    def run(*returns):
-        return [(3000.0 * (k + 1), r) for k, r in enumerate(returns)]
-
-    # seed 0 is easy for both, seed 1 hard for both: the candidate is 1 ahead on every seed
-    curves = {"MAPPO": [run(0.0, 10.0), run(-8.0, -4.0)], "magpo learner": [run(1.0, 11.0), run(-7.0, -3.0)]}
-    lines = magpo_vs_mappo.paired_differences(curves, "MAPPO")
-    (row,) = [line for line in lines if line.startswith("| magpo learner")]
-    assert row == "| magpo learner | +1.00 [+1.00, +1.00] | +1.00 [+1.00, +1.00] |"
-    table = magpo_vs_mappo.mean_curve_table(curves)
-    assert "| policy | 3 | 6 |" in table
-    assert "| MAPPO | -4.00 | 3.00 |" in table and "| magpo learner | -3.00 | 4.00 |" in table
-    with pytest.raises(ValueError, match="magpo learner has 1 seeds and MAPPO 2"):
-        magpo_vs_mappo.paired_differences({**curves, "magpo learner": curves["magpo learner"][:1]}, "MAPPO")
-    with pytest.raises(ValueError, match="did not all evaluate at frames"):
-        magpo_vs_mappo.mean_curve_table({**curves, "magpo learner": [run(1.0, 11.0), run(-7.0)]})

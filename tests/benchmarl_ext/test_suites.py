@@ -8,11 +8,11 @@ import math
 import sys
 
 import pytest
+from configs import build_experiment, compose_config
 
 from benchmarl_ext import cli
 from benchmarl_ext.plots import read_scalar
 from benchmarl_ext.registration import register
-from configs import build_experiment, compose_config
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 register()

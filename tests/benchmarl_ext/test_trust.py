@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from benchmarl.experiment.callback import Callback
+from configs import build_experiment as build
+from configs import compose_config
 
 from benchmarl_ext import cli
 from benchmarl_ext.checkpoints import CheckpointError
 from benchmarl_ext.registration import register
-from configs import build_experiment as build
-from configs import compose_config
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 register()
@@ -128,11 +128,12 @@ def test_same_seed_and_threads_give_the_same_run(tmp_path):
 
 
 KILLED_RUN = """
-import io, sys, time
+import importlib.util, io, time
 from pathlib import Path
 import torch
-sys.path.insert(0, {tests!r})
-import test_trust as t
+spec = importlib.util.spec_from_file_location("configs", {configs!r})  # the tests' helpers, by path
+configs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(configs)
 
 torch.set_num_threads(1)
 real_save, saves = torch.save, []
@@ -149,7 +150,7 @@ def save_then_hang(state, path):
     time.sleep(600)
 
 torch.save = save_then_hang
-t.build(Path({folder!r}), {overrides!r}).run()
+configs.build_experiment(Path({folder!r}), {overrides!r}).run()
 """
 
 
@@ -157,7 +158,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     overrides = [*CASES["magpo-vmas"], "experiment.max_n_frames=320", "experiment.checkpoint_interval=80"]
     marker = tmp_path / "writing"
     script = textwrap.dedent(KILLED_RUN).format(
-        tests=str(Path(__file__).parent), marker=str(marker), folder=str(tmp_path / "killed"), overrides=overrides
+        configs=str(Path(__file__).with_name("configs.py")), marker=str(marker), folder=str(tmp_path / "killed"), overrides=overrides
     )
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import math
 
+import magpo_kernels
 import numpy as np
+import numpy_magpo
 import pytest
 import torch
-
-import kernels
-import numpy_magpo
-from kernels import LossOptions
-from kernels.reference import _magpo_terms
+from magpo_kernels import LossOptions
+from magpo_kernels.reference import _magpo_terms
 
 F64 = torch.float64
 
@@ -52,7 +51,7 @@ def test_categorical_matches_numpy(delta, learner_kl):
     guider, learner, action, behavior, advantage = categorical_inputs()
     mask = torch.rand(guider.shape, generator=torch.Generator().manual_seed(3)) > 0.3
     mask.scatter_(-1, action[..., None], True)  # the taken action is always allowed
-    terms = kernels.magpo_loss_categorical(
+    terms = magpo_kernels.magpo_loss_categorical(
         guider, learner, action, behavior, advantage, options=LossOptions(delta=delta, clip_epsilon=0.2, aux_coef=0.7, learner_kl=learner_kl),
         action_mask=mask,
     )
@@ -69,7 +68,7 @@ def test_categorical_matches_numpy(delta, learner_kl):
 @pytest.mark.parametrize("delta", [1.3, math.inf])
 def test_normal_matches_numpy(delta, learner_kl):
     inputs = normal_inputs()
-    terms = kernels.magpo_loss_normal(*inputs, options=LossOptions(delta=delta, clip_epsilon=0.1, aux_coef=2.0, learner_kl=learner_kl))
+    terms = magpo_kernels.magpo_loss_normal(*inputs, options=LossOptions(delta=delta, clip_epsilon=0.1, aux_coef=2.0, learner_kl=learner_kl))
     expected = numpy_magpo.normal(
         *(t.numpy() for t in inputs), delta=delta, eps=0.1, aux=2.0, learner_kl=learner_kl
     )
@@ -82,7 +81,7 @@ def test_hand_worked_single_row():
     # r = 1.6, r2 = clip(clip(1.6, 2/3, 1.5) * 0.5 / 0.5, 0.8, 1.2) = 1.2, objective = -1.2.
     guider = torch.tensor([[math.log(0.8), math.log(0.2)]], dtype=F64)
     learner = torch.zeros(1, 2, dtype=F64)
-    terms = kernels.magpo_loss_categorical(
+    terms = magpo_kernels.magpo_loss_categorical(
         guider, learner, torch.tensor([0]), torch.tensor([math.log(0.5)], dtype=F64), torch.tensor([1.0], dtype=F64),
         options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=0.5),
     )
@@ -110,11 +109,11 @@ def test_categorical_gradcheck(learner_kl):
     # Each side is varied alone: the other side enters its loss through stop-gradient, so a
     # finite difference across both would (rightly) disagree with the routed gradient.
     def guider_side(g):
-        t = kernels.magpo_loss_categorical(g, learner, action, behavior, advantage, **opts)
+        t = magpo_kernels.magpo_loss_categorical(g, learner, action, behavior, advantage, **opts)
         return t.loss_guider, t.guider_entropy
 
     def learner_side(lg):
-        return kernels.magpo_loss_categorical(guider, lg, action, behavior, advantage, **opts).loss_learner
+        return magpo_kernels.magpo_loss_categorical(guider, lg, action, behavior, advantage, **opts).loss_learner
 
     torch.autograd.gradcheck(guider_side, (guider.clone().requires_grad_(),))
     torch.autograd.gradcheck(learner_side, (learner.clone().requires_grad_(),))
@@ -126,11 +125,11 @@ def test_normal_gradcheck(learner_kl):
     opts = dict(options=LossOptions(delta=1.3, clip_epsilon=0.2, aux_coef=0.5, learner_kl=learner_kl))
 
     def guider_side(gm, gs):
-        t = kernels.magpo_loss_normal(gm, gs, l_loc, l_scale, action, behavior, advantage, **opts)
+        t = magpo_kernels.magpo_loss_normal(gm, gs, l_loc, l_scale, action, behavior, advantage, **opts)
         return t.loss_guider, t.guider_entropy
 
     def learner_side(lm, ls):
-        return kernels.magpo_loss_normal(g_loc, g_scale, lm, ls, action, behavior, advantage, **opts).loss_learner
+        return magpo_kernels.magpo_loss_normal(g_loc, g_scale, lm, ls, action, behavior, advantage, **opts).loss_learner
 
     torch.autograd.gradcheck(guider_side, (g_loc.clone().requires_grad_(), g_scale.clone().requires_grad_()))
     torch.autograd.gradcheck(learner_side, (l_loc.clone().requires_grad_(), l_scale.clone().requires_grad_()))
@@ -142,7 +141,7 @@ def test_each_loss_reaches_only_its_own_side():
     learner.requires_grad_()
     behavior.requires_grad_()
     advantage.requires_grad_()
-    t = kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1))
+    t = magpo_kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1))
     g_grads = torch.autograd.grad(t.loss_guider, (guider, learner, behavior, advantage), allow_unused=True, retain_graph=True)
     l_grads = torch.autograd.grad(t.loss_learner, (guider, learner, behavior, advantage), allow_unused=True)
     assert g_grads[0] is not None and g_grads[0].abs().sum() > 0
@@ -208,7 +207,7 @@ def test_mask_is_on_only_out_of_band():
 
 def test_delta_inf_is_plain_ppo_without_kl():
     guider, learner, action, behavior, advantage = categorical_inputs(spread=3.0)
-    t = kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, options=LossOptions(delta=math.inf, clip_epsilon=0.2, aux_coef=1))
+    t = magpo_kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, options=LossOptions(delta=math.inf, clip_epsilon=0.2, aux_coef=1))
     ratio = (torch.log_softmax(guider, -1).gather(-1, action[..., None]).squeeze(-1) - behavior).exp()
     ppo = -torch.minimum(ratio * advantage, ratio.clamp(0.8, 1.2) * advantage).mean()
     assert t.guider_objective.item() == pytest.approx(ppo.item())
@@ -219,7 +218,7 @@ def test_delta_inf_is_plain_ppo_without_kl():
 def test_kl_direction_switch():
     guider, learner, action, behavior, advantage = categorical_inputs(spread=2.0)
     fwd, rev = (
-        kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, LossOptions(aux_coef=0.0, learner_kl=kl))
+        magpo_kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, LossOptions(aux_coef=0.0, learner_kl=kl))
         for kl in ("forward", "reverse")
     )
     p, q = torch.distributions.Categorical(logits=guider), torch.distributions.Categorical(logits=learner)
@@ -242,33 +241,33 @@ def test_masked_and_all_but_one_masked_rows_stay_finite():
     learner[2, (action[2] + 2) % 5] = -math.inf
     guider.requires_grad_()
     learner.requires_grad_()
-    t = kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1), action_mask=mask)
+    t = magpo_kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1), action_mask=mask)
     for field in numpy_magpo.FIELDS:
         assert torch.isfinite(getattr(t, field)), field
     (t.loss_guider + t.loss_learner - t.guider_entropy).backward()
     assert torch.isfinite(guider.grad).all() and torch.isfinite(learner.grad).all()
     assert (guider.grad[~mask] == 0).all() and (learner.grad[~mask] == 0).all()
     # row 0 has a single allowed action: probability 1, no KL and no entropy
-    single = kernels.magpo_loss_categorical(guider[:1], learner[:1], action[:1], behavior[:1], advantage[:1], options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1), action_mask=mask[:1])
+    single = magpo_kernels.magpo_loss_categorical(guider[:1], learner[:1], action[:1], behavior[:1], advantage[:1], options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1), action_mask=mask[:1])
     assert single.learner_kl.item() == 0.0 and single.guider_entropy.item() == 0.0
 
 
 def test_large_logits_and_extreme_scales_stay_finite():
     guider, learner, action, behavior, advantage = categorical_inputs(dtype=torch.float32)
-    t = kernels.magpo_loss_categorical(guider * 1e4, -learner * 1e4, action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1))
+    t = magpo_kernels.magpo_loss_categorical(guider * 1e4, -learner * 1e4, action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1))
     for field in numpy_magpo.FIELDS:
         assert torch.isfinite(getattr(t, field)), field
     g_loc, g_scale, l_loc, l_scale, action, behavior, advantage = normal_inputs(dtype=torch.float32)
-    t = kernels.magpo_loss_normal(g_loc, g_scale * 1e-3, l_loc, l_scale * 1e3, action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1))
+    t = magpo_kernels.magpo_loss_normal(g_loc, g_scale * 1e-3, l_loc, l_scale * 1e3, action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1))
     for field in ("guider_kl", "learner_kl", "guider_entropy", "mask_fraction"):
         assert torch.isfinite(getattr(t, field)), field
 
 
 def test_half_precision_inputs_compute_in_float32():
     guider, learner, action, behavior, advantage = categorical_inputs(dtype=torch.float32)
-    full = kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1))
+    full = magpo_kernels.magpo_loss_categorical(guider, learner, action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1))
     g16 = guider.bfloat16().requires_grad_()
-    half = kernels.magpo_loss_categorical(g16, learner.bfloat16(), action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1))
+    half = magpo_kernels.magpo_loss_categorical(g16, learner.bfloat16(), action, behavior, advantage, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1))
     assert half.loss_guider.dtype == torch.float32
     assert half.guider_entropy.item() == pytest.approx(full.guider_entropy.item(), rel=2e-2)
     half.loss_guider.backward()
@@ -308,8 +307,8 @@ def test_options_are_frozen_plain_floats_and_required_by_the_contract():
     assert type(options.delta) is float and type(options.aux_coef) is float
     with pytest.raises(AttributeError):
         options.delta = 3.0
-    with pytest.raises(TypeError, match="options must be a kernels.LossOptions"):
-        kernels.magpo_loss_categorical(*categorical_inputs(), options=dict(delta=1.5))
+    with pytest.raises(TypeError, match="options must be a magpo_kernels.LossOptions"):
+        magpo_kernels.magpo_loss_categorical(*categorical_inputs(), options=dict(delta=1.5))
 
 
 def test_bad_tensors():
@@ -329,12 +328,12 @@ def test_bad_tensors():
     ]
     for args, extra, error, name in cases:
         with pytest.raises(error, match=name):
-            kernels.magpo_loss_categorical(*args, **GOOD, **extra)
+            magpo_kernels.magpo_loss_categorical(*args, **GOOD, **extra)
     g_loc, g_scale, l_loc, l_scale, action, behavior, advantage = normal_inputs()
     with pytest.raises(ValueError, match="learner_scale"):
-        kernels.magpo_loss_normal(g_loc, g_scale, l_loc, l_scale[..., :1], action, behavior, advantage, **GOOD)
+        magpo_kernels.magpo_loss_normal(g_loc, g_scale, l_loc, l_scale[..., :1], action, behavior, advantage, **GOOD)
     with pytest.raises(TypeError, match="action"):
-        kernels.magpo_loss_normal(g_loc, g_scale, l_loc, l_scale, action.long(), behavior, advantage, **GOOD)
+        magpo_kernels.magpo_loss_normal(g_loc, g_scale, l_loc, l_scale, action.long(), behavior, advantage, **GOOD)
 
 
 def test_numpy_reference_is_independent_of_torch_formulas():

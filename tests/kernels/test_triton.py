@@ -9,18 +9,17 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import magpo_kernels
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-
-import kernels
-from kernels import LossOptions, api
+from magpo_kernels import LossOptions, api
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # interpreter: padded rows
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-FIELDS = kernels.MAGPOLossTerms._fields
+FIELDS = magpo_kernels.MAGPOLossTerms._fields
 
 
 def categorical_case(rows, num_actions, seed=0, masked=True, scale=1.0, dtype=torch.float32):
@@ -77,7 +76,7 @@ def assert_close(results, rtol=1e-4, atol=1e-5, grad_atol_fraction=0.0):
 def test_categorical_matches_reference(rows, num_actions, delta, learner_kl):
     tensors, mask = categorical_case(rows, num_actions, masked=num_actions > 1)
     results = run_both(
-        kernels.magpo_loss_categorical, tensors, differentiable=(0, 1),
+        magpo_kernels.magpo_loss_categorical, tensors, differentiable=(0, 1),
         options=LossOptions(delta=delta, clip_epsilon=0.2, aux_coef=0.7, learner_kl=learner_kl), action_mask=mask,
     )
     assert_close(results)
@@ -98,7 +97,7 @@ def test_categorical_all_masked_but_one_and_huge_logits():
     tensors = tuple(t.to(DEVICE) for t in (guider, learner, action, behavior, torch.randn(16, generator=g)))
     mask = mask.to(DEVICE)
     results = run_both(
-        kernels.magpo_loss_categorical, tensors, differentiable=(0, 1),
+        magpo_kernels.magpo_loss_categorical, tensors, differentiable=(0, 1),
         options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0), action_mask=mask,
     )
     for terms, grads in results.values():
@@ -115,7 +114,7 @@ def test_categorical_noncontiguous_and_multidim_inputs():
     nc = (t(guider), t(learner), t(action), t(behavior), t(advantage))
     assert not nc[0].is_contiguous()
     results = run_both(
-        kernels.magpo_loss_categorical, nc, differentiable=(0, 1),
+        magpo_kernels.magpo_loss_categorical, nc, differentiable=(0, 1),
         options=LossOptions(delta=1.4, clip_epsilon=0.1, aux_coef=2.0), action_mask=t(mask),
     )
     assert_close(results)
@@ -126,7 +125,7 @@ def test_categorical_noncontiguous_and_multidim_inputs():
 def test_one_side_requiring_grad(side):
     tensors, mask = categorical_case(11, 4)
     results = run_both(
-        kernels.magpo_loss_categorical, tensors, differentiable=(side,),
+        magpo_kernels.magpo_loss_categorical, tensors, differentiable=(side,),
         options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0), action_mask=mask,
     )
     assert_close(results)
@@ -135,7 +134,7 @@ def test_one_side_requiring_grad(side):
 def test_gradients_come_back_in_the_input_dtype():
     tensors, _ = categorical_case(8, 3, masked=False)
     guider = tensors[0].double().requires_grad_()
-    terms = kernels.magpo_loss_categorical(guider, *tensors[1:], options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton"))
+    terms = magpo_kernels.magpo_loss_categorical(guider, *tensors[1:], options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton"))
     (terms.loss_guider * 2.0).backward()
     assert guider.grad.dtype == torch.float64 and terms.loss_guider.dtype == torch.float64
 
@@ -143,7 +142,7 @@ def test_gradients_come_back_in_the_input_dtype():
 def test_only_one_output_used_gets_no_gradient_elsewhere():
     tensors, _ = categorical_case(8, 3, masked=False)
     guider, learner = (t.clone().requires_grad_() for t in tensors[:2])
-    terms = kernels.magpo_loss_categorical(guider, learner, *tensors[2:], options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton"))
+    terms = magpo_kernels.magpo_loss_categorical(guider, learner, *tensors[2:], options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton"))
     (grad_learner,) = torch.autograd.grad(terms.loss_learner, (learner,), retain_graph=True)
     assert torch.isfinite(grad_learner).all()
     assert torch.autograd.grad(terms.loss_learner, (guider,), allow_unused=True) == (None,)
@@ -182,7 +181,7 @@ def decision_margin(guider_lp, learner_lp, behavior_lp, delta, clip_epsilon):
 @pytest.mark.parametrize("learner_kl", ["forward", "reverse"])
 def test_normal_matches_reference(rows, dim, delta, learner_kl):
     results = run_both(
-        kernels.magpo_loss_normal, normal_case(rows, dim), differentiable=(0, 1, 2, 3),
+        magpo_kernels.magpo_loss_normal, normal_case(rows, dim), differentiable=(0, 1, 2, 3),
         options=LossOptions(delta=delta, clip_epsilon=0.2, aux_coef=0.7, learner_kl=learner_kl),
     )
     assert_close(results, rtol=2e-4, atol=2e-5)
@@ -191,7 +190,7 @@ def test_normal_matches_reference(rows, dim, delta, learner_kl):
 @pytest.mark.parametrize("scale_range", [(1e-3, 2e-3), (50.0, 100.0)])
 def test_normal_extreme_scales(scale_range):
     results = run_both(
-        kernels.magpo_loss_normal, normal_case(23, 4, scale_range=scale_range), differentiable=(0, 1, 2, 3),
+        magpo_kernels.magpo_loss_normal, normal_case(23, 4, scale_range=scale_range), differentiable=(0, 1, 2, 3),
         options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0),
     )
     for terms, grads in results.values():
@@ -206,7 +205,7 @@ def test_normal_broadcast_scale_from_expand():
     results = {}
     for backend in ("reference", "triton"):
         scale = shared.clone().requires_grad_()
-        terms = kernels.magpo_loss_normal(
+        terms = magpo_kernels.magpo_loss_normal(
             g_loc, scale.expand(12, 3), l_loc, l_scale, action, behavior, advantage,
             options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend=backend),
         )
@@ -235,7 +234,7 @@ def test_property_categorical(rows, num_actions, logit_scale, delta, clip_epsilo
     log_p = lambda z: torch.log_softmax(z, -1).gather(-1, action[:, None].long()).squeeze(-1)  # noqa: E731
     assume(decision_margin(log_p(guider), log_p(learner), behavior, delta, clip_epsilon) > 1e-4)
     results = run_both(
-        kernels.magpo_loss_categorical, tensors, differentiable=(0, 1),
+        magpo_kernels.magpo_loss_categorical, tensors, differentiable=(0, 1),
         options=LossOptions(delta=delta, clip_epsilon=clip_epsilon, aux_coef=aux_coef, learner_kl=learner_kl), action_mask=mask,
     )
     assert_close(results, rtol=1e-3, atol=1e-4 * max(1.0, logit_scale), grad_atol_fraction=1e-5)
@@ -250,7 +249,7 @@ def test_property_normal(rows, dim, seed, delta, learner_kl):
     log_n = lambda loc, scale: torch.distributions.Normal(loc, scale).log_prob(action).sum(-1)  # noqa: E731
     assume(decision_margin(log_n(g_loc, g_scale), log_n(l_loc, l_scale), behavior, delta, 0.2) > 1e-4)
     results = run_both(
-        kernels.magpo_loss_normal, case, differentiable=(0, 1, 2, 3),
+        magpo_kernels.magpo_loss_normal, case, differentiable=(0, 1, 2, 3),
         options=LossOptions(delta=delta, clip_epsilon=0.2, aux_coef=1.0, learner_kl=learner_kl),
     )
     assert_close(results, rtol=1e-3, atol=1e-4)
@@ -258,12 +257,12 @@ def test_property_normal(rows, dim, seed, delta, learner_kl):
 
 def test_auto_picks_triton_only_for_cuda_tensors_when_triton_is_installed(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # devices only: no GPU needed
-    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    monkeypatch.setattr(api, "triton_available", lambda: True)
     assert api._resolve_backend("auto", cuda) == "triton"
     assert api._resolve_backend("auto", cpu) == "reference"
     assert api._resolve_backend("reference", cuda) == "reference"
     assert api._resolve_backend("triton", cpu) == "triton"  # forced: the kernel entry then refuses CPU tensors
-    monkeypatch.setattr(kernels, "triton_available", lambda: False)
+    monkeypatch.setattr(api, "triton_available", lambda: False)
     assert api._resolve_backend("auto", cuda) == "reference"
 
 
@@ -272,12 +271,12 @@ def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
     tensors, _ = categorical_case(4, 3, masked=False)
     tensors = tuple(t.cpu() for t in tensors)
     with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
-        kernels.magpo_loss_categorical(*tensors, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton"))
+        magpo_kernels.magpo_loss_categorical(*tensors, options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton"))
 
 
 def test_triton_normal_rejects_wide_actions():
     with pytest.raises(ValueError, match="D <= 64"):
-        kernels.magpo_loss_normal(*normal_case(2, 65), options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton"))
+        magpo_kernels.magpo_loss_normal(*normal_case(2, 65), options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0, backend="triton"))
 
 
 @gpu
@@ -285,7 +284,7 @@ def test_triton_normal_rejects_wide_actions():
 def test_half_precision_inputs_give_gradients_in_input_dtype(dtype, rtol):
     tensors, mask = categorical_case(1000, 16, dtype=dtype)
     results = run_both(
-        kernels.magpo_loss_categorical, tensors, differentiable=(0, 1),
+        magpo_kernels.magpo_loss_categorical, tensors, differentiable=(0, 1),
         options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0), action_mask=mask,
     )
     for got, want in zip(results["triton"][1], results["reference"][1]):
@@ -296,10 +295,49 @@ def test_half_precision_inputs_give_gradients_in_input_dtype(dtype, rtol):
 @gpu
 def test_many_rows_and_wide_actions_on_gpu():
     tensors, mask = categorical_case(1 << 20, 16)
-    assert_close(run_both(kernels.magpo_loss_categorical, tensors, differentiable=(0, 1), options=LossOptions(delta=1.5),
+    assert_close(run_both(magpo_kernels.magpo_loss_categorical, tensors, differentiable=(0, 1), options=LossOptions(delta=1.5),
                           action_mask=mask), rtol=1e-3, atol=1e-5)
     tensors, mask = categorical_case(4096, 1024)
-    assert_close(run_both(kernels.magpo_loss_categorical, tensors, differentiable=(0, 1), options=LossOptions(delta=1.5),
+    assert_close(run_both(magpo_kernels.magpo_loss_categorical, tensors, differentiable=(0, 1), options=LossOptions(delta=1.5),
                           action_mask=mask), rtol=1e-3, atol=1e-5)
-    assert_close(run_both(kernels.magpo_loss_normal, normal_case(1 << 20, 4), differentiable=(0, 1, 2, 3),
+    assert_close(run_both(magpo_kernels.magpo_loss_normal, normal_case(1 << 20, 4), differentiable=(0, 1, 2, 3),
                           options=LossOptions(delta=1.5, clip_epsilon=0.2, aux_coef=1.0)), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["categorical", "normal"])
+def test_delta_clip_and_aux_reach_one_compiled_kernel(family, monkeypatch):
+    """delta, clip and aux are run-time arguments: launches that differ only in them have the same
+    specialisation key, the one Triton's JIT caches compiled kernels under (``delta=auto`` moves
+    delta every iteration and must not recompile). The key is computed by Triton's own binder for
+    the compiled (not interpreted) form of the kernel, so this holds without a GPU too."""
+    from magpo_kernels import magpo_categorical, magpo_normal
+    from triton.backends.compiler import BaseBackend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+
+    module, name = (magpo_categorical, "_categorical_kernel") if family == "categorical" else (magpo_normal, "_normal_kernel")
+    kernel, launches = getattr(module, name), []
+
+    class RecordedLaunches:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append((args, kwargs))
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(module, name, RecordedLaunches())
+    tensors = categorical_case(16, 5, masked=False)[0] if family == "categorical" else normal_case(16, 3)
+    entry = magpo_kernels.magpo_loss_categorical if family == "categorical" else magpo_kernels.magpo_loss_normal
+    settings = [(1.3, 0.2, 1.0), (2.5, 0.1, 0.5), (math.inf, 0.3, 4.0)]
+    for delta, clip, aux in settings:
+        inputs = [t.detach().clone().requires_grad_(t.is_floating_point() and i < (2 if family == "categorical" else 4))
+                  for i, t in enumerate(tensors)]
+        entry(*inputs, options=LossOptions(delta=delta, clip_epsilon=clip, aux_coef=aux, backend="triton"))
+
+    compiled = JITFunction(kernel.fn)  # the interpreter's function is the same Python source
+    binder = create_function_from_signature(compiled.signature, compiled.params, BaseBackend)
+    keys = [binder(*args, **kwargs)[1] for args, kwargs in launches]
+    assert len(launches) == len(settings) and all(key == keys[0] for key in keys)
+    names = [p.name for p in compiled.params]
+    for argument in ("log_delta", "clip_epsilon", "aux_coef"):
+        assert not compiled.params[names.index(argument)].is_constexpr
+        assert len({kwargs[argument] for _, kwargs in launches}) == len(settings)  # the values did differ

@@ -20,6 +20,7 @@ from torchrl.objectives import ClipPPOLoss
 from magpo import GuiderClipLoss, LearnerKLPPOLoss, LossOptions
 from magpo.guiders import (
     AnchoredGuider,
+    GuiderSpec,
     GumbelMaxDraw,
     NormalDraw,
     ResidualGuider,
@@ -47,14 +48,13 @@ def build(kind, continuous, agent_order="random", seed=0, memory=False, draw=Tru
     torch.manual_seed(seed)
     size = DIMS if continuous else ACTIONS
     param_dim = 2 * DIMS if continuous else ACTIONS
-    common = dict(observation_keys=[OBS_KEY], state_key=None, observation_dim=OBS, state_dim=None, n_agents=AGENTS,
-                  action_size=size, discrete=not continuous, param_dim=param_dim)
+    spec = GuiderSpec((OBS_KEY,), None, OBS, None, AGENTS, size, not continuous, param_dim)
     learner_net = TensorDictModule(torch.nn.Linear(OBS, param_dim), [OBS_KEY], [("agents", "logits")])
     if kind == "transformer":
-        core = TransformerGuider(**common, embed_dim=16, num_heads=2, memory_key=MEMORY_KEY if memory else None)
+        core = TransformerGuider(spec, embed_dim=16, num_heads=2, memory_key=MEMORY_KEY if memory else None)
     else:
         corrected = ResidualGuider if kind == "residual" else AnchoredGuider
-        core = corrected(learner_net, ("agents", "logits"), **common, hidden_dim=16)
+        core = corrected(learner_net, ("agents", "logits"), spec, hidden_dim=16)
         torch.nn.init.normal_(core.correction[-1].weight, std=0.5)  # a guider that differs from the learner
     if continuous:
         extractor = NormalParamExtractor()
@@ -390,8 +390,8 @@ def test_anchored_guider_starts_at_the_learner_and_follows_it(continuous):
     torch.manual_seed(0)
     core, learner_net, for_loss, _ = build("anchored", continuous)
     core._zero_correction()  # as constructed (build() perturbs it to test causality)
-    assert AnchoredGuider(learner_net, ("agents", "logits"), [OBS_KEY], None, OBS, None, AGENTS, ACTIONS, True,
-                          ACTIONS).depends_on_previous_actions() is False  # a new one is zero: mu_0 = pi_0
+    spec = GuiderSpec((OBS_KEY,), None, OBS, None, AGENTS, ACTIONS, True, ACTIONS)
+    assert AnchoredGuider(learner_net, ("agents", "logits"), spec).depends_on_previous_actions() is False  # a new one is zero: mu_0 = pi_0
     _zero_correction_guider(core, for_loss, learner_net, continuous)
     with torch.no_grad():
         for p in learner_net.parameters():  # a learner update moves the guider with it, no reset needed
@@ -597,7 +597,8 @@ def test_memory_guider_gradient_flows_through_the_rollout():
 
 
 def test_memory_needs_the_transformer_and_a_known_kind():
-    from torchrl.data import Categorical as CategoricalSpec, Composite, Unbounded
+    from torchrl.data import Categorical as CategoricalSpec
+    from torchrl.data import Composite, Unbounded
 
     specs = dict(group="agents", observation_spec=Composite(observation=Unbounded((AGENTS, OBS))),
                  action_spec=CategoricalSpec(ACTIONS, shape=(AGENTS,)), continuous=False)

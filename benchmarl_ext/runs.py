@@ -1,9 +1,10 @@
 """What the benchmark scripts share: running sets of `benchmarl run`s through a Hydra launcher
-(one run in its own process for timings), and the provenance line of a results file (statistics:
-protocol.py, through rliable)."""
+(one run in its own process for timings), the launcher flags of their command lines, and the
+provenance line of a results file (statistics: :mod:`benchmarl_ext.protocol`, through rliable)."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -55,6 +56,23 @@ def finished_run(run_dir: Path, overrides: list[str] | None = None) -> Path | No
     if overrides is not None and sorted(run_overrides(run_dir) or []) != sorted(overrides):
         return None
     return finished[0]
+
+
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of every benchmark that launches runs: ``--jobs``, ``--launcher`` and
+    ``--launcher-option`` (read back with :func:`launcher_from_arguments`)."""
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (hydra/launcher=magpo_local), >= 1")
+    parser.add_argument("--launcher", help="a Hydra launcher preset for the runs (magpo_local, magpo_slurm, magpo_ray)")
+    parser.add_argument("--launcher-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="hydra.launcher.KEY=VALUE for --launcher, repeatable (e.g. partition=gpu)")
+
+
+def launcher_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`run_many` (``jobs``, ``launcher``, ``launcher_options``)
+    from the flags of :func:`add_launcher_arguments`; a bad value is a parser error."""
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    return {"jobs": args.jobs, "launcher": args.launcher, "launcher_options": tuple(args.launcher_option)}
 
 
 def run_many(runs: list[tuple[str, list[str]]], runs_dir: Path, jobs: int = 1, launcher: str | None = None,
@@ -162,7 +180,7 @@ def provenance() -> str:
     import torchrl
     import vmas
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path.cwd()  # the checkout the benchmark runs from (the package may be installed elsewhere)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout
     return (

@@ -1,8 +1,8 @@
 """Microbenchmarks of the MAGPO loss: eager reference vs torch.compile(reference) vs Triton.
 
-    python -m kernels.bench                         # full sweep on the CUDA device
-    python -m kernels.bench --family categorical --sizes 16 --rows 20 --modes full
-    python -m kernels.bench --device cpu --providers eager,compile --rows 12 --sizes 4   # smoke
+    python benchmarks/kernel_bench.py                    # full sweep on the CUDA device
+    python benchmarks/kernel_bench.py --family categorical --sizes 16 --rows 20 --modes full
+    python benchmarks/kernel_bench.py --device cpu --providers eager,compile --rows 12 --sizes 4   # smoke
 
 Sweeps rows = 2^12 .. 2^22 (``--rows`` takes exponents) x A in {2, 4, 16, 64} (categorical)
 or D in {1, 4, 16} (normal), fp32, in three modes:
@@ -26,23 +26,22 @@ device name, versions and date, and drawn into ``--png``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import csv
+import dataclasses
 import datetime
 import platform
 import statistics
 import time
 from pathlib import Path
 
+import magpo_kernels
 import torch
-
-import kernels
-from kernels import reference
+from magpo_kernels import reference
 
 PROVIDERS = ("eager", "compile", "triton")
 MODES = ("forward", "backward", "full")
 DEFAULT_SIZES = {"categorical": (2, 4, 16, 64), "normal": (1, 4, 16)}
-OPTIONS = kernels.LossOptions()  # the package defaults
+OPTIONS = magpo_kernels.LossOptions()  # the package defaults
 CSV_KEY = ("device", "provider", "family", "mode", "rows", "size", "dtype")
 CSV_FIELDS = CSV_KEY + (
     "p20_ms", "p50_ms", "p80_ms", "min_bytes", "effective_gbps", "copy_gbps", "fraction_of_copy",
@@ -81,7 +80,7 @@ def min_bytes(family: str, rows: int, size: int, mode: str, dtype=torch.float32)
 def loss_function(family: str, provider: str):
     """A callable (differentiable, data) -> MAGPOLossTerms for one provider."""
     if provider == "triton":
-        entry = kernels.magpo_loss_categorical if family == "categorical" else kernels.magpo_loss_normal
+        entry = magpo_kernels.magpo_loss_categorical if family == "categorical" else magpo_kernels.magpo_loss_normal
         return lambda diff, data: entry(*diff, *data, dataclasses.replace(OPTIONS, backend="triton"))
     ref = reference.categorical_terms if family == "categorical" else reference.normal_terms
     fn = lambda diff, data: ref(*diff, *data, OPTIONS)  # noqa: E731

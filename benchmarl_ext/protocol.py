@@ -1,6 +1,6 @@
 """The field's evaluation protocol on a table of evaluation curves, through rliable.
 
-    python benchmarks/protocol.py benchmarks/results/magpo_vs_mappo_curves.csv --candidate magpo_anchored
+    python -m benchmarl_ext.protocol curves.csv --candidate magpo
 
 The recipe of marl-eval (Gorsane et al. 2022), which the MAGPO paper follows, computed with
 rliable (Agarwal et al. 2021), the library marl-eval builds on (the ``report`` extra;
@@ -30,7 +30,7 @@ Every algorithm needs the same seeds and evaluation points on a task. Writes
 ``<stem>_protocol.md`` and ``<stem>_protocol.png`` beside the csv or in the folder (or to
 ``--out``).
 
-    python benchmarks/protocol.py multirun/2026-11-22/10-00-00 --candidate magpo
+    python -m benchmarl_ext.protocol multirun/2026-11-22/10-00-00 --candidate magpo
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def report(path: Path, candidate: str, out: Path | None = None, reps: int = 20_0
     tasks = sorted(curves)
     state = lambda: np.random.RandomState(0)  # noqa: E731
 
-    from runs_common import provenance
+    from benchmarl_ext.runs import provenance
 
     lines = [f"# Evaluation protocol: {path.name}", "",
              f"Analysis: {provenance()} " + (
