@@ -1,0 +1,439 @@
+"""``benchmarks/RESULTS.md`` from the per-seed CSVs alone: one section per claim, each with its
+tables (mean [95% CI], per seed, IQM and probability of improvement through rliable), its curve
+figures, its provenance stamp and a verdict computed from the numbers by the rules written next
+to each verdict below. The same CSVs give the same page, byte for byte."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from benchmarl_ext import protocol
+from benchmarl_ext.evidence import (
+    Experiment,
+    Results,
+    auc,
+    cell,
+    curves_of,
+    direction,
+    first_frames_reaching,
+    paired,
+    signed_cell,
+)
+
+REPS = 5_000
+
+
+def stamp(results: Results, experiment: Experiment) -> str:
+    """Where the numbers of ``experiment`` come from: runs per commit and date, machine, versions,
+    torch threads and runs at a time (from ``runs.csv``)."""
+    rows = [r for r in results.runs if r["experiment"] == experiment.name]
+    if not rows:
+        return "No runs yet."
+    by_source: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        by_source.setdefault((row["commit"], row["date"]), []).append(f"{row['preset']} {row['seed']}")
+    sources = "; ".join(f"{len(runs)} at {commit} ({date})" for (commit, date), runs in sorted(by_source.items()))
+    facts = sorted({(r["machine"], r["versions"], r["threads"], r["concurrent"]) for r in rows})
+    machines = "; ".join(f"{m}, {v}, {t} torch thread(s), {c} run(s) at a time" for m, v, t, c in facts)
+    return f"Runs: {sources}. Machine: {machines}."
+
+
+def final_values(curves: dict[int, list[tuple[float, float]]]) -> dict[int, float]:
+    return {seed: points[-1][1] for seed, points in curves.items()}
+
+
+def auc_values(curves: dict[int, list[tuple[float, float]]]) -> dict[int, float]:
+    return {seed: auc(points) for seed, points in curves.items()}
+
+
+def iqm_cell(values) -> str:
+    if len(values) < 4:
+        return "-"
+    library, metrics = protocol._rliable()
+    estimate, bounds = library.get_interval_estimates(
+        {"x": np.asarray(values, dtype=float).reshape(-1, 1)}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=REPS,
+        confidence_interval_size=protocol.CONFIDENCE, random_state=np.random.RandomState(0))
+    return f"{estimate['x'][0]:.2f} [{bounds['x'][0, 0]:.2f}, {bounds['x'][1, 0]:.2f}]"
+
+
+def improvement_cell(x, y) -> str:
+    """rliable's probability of improvement P(X > Y) on one task, with its 95% CI."""
+    if len(x) < 2 or len(y) < 2:
+        return "-"
+    library, metrics = protocol._rliable()
+    estimate, bounds = library.get_interval_estimates(
+        {"p": (np.asarray(x, dtype=float).reshape(-1, 1), np.asarray(y, dtype=float).reshape(-1, 1))},
+        metrics.probability_of_improvement, reps=2_000, confidence_interval_size=protocol.CONFIDENCE,
+        random_state=np.random.RandomState(0))
+    low, high = bounds["p"].ravel()
+    return f"{float(estimate['p']):.2f} [{low:.2f}, {high:.2f}]"
+
+
+class TrainingTable:
+    """The per-preset numbers of one training experiment, read once."""
+
+    def __init__(self, results: Results, experiment: Experiment):
+        self.experiment = experiment
+        self.learner = {p: curves_of(results, experiment.name, p) for p in experiment.presets}
+        self.guider = {p: curves_of(results, experiment.name, p, "guider") for p in experiment.presets}
+        self.learner = {p: c for p, c in self.learner.items() if c}
+        self.guider = {p: c for p, c in self.guider.items() if c}
+
+    def final(self, preset: str, policy: str = "learner") -> dict[int, float]:
+        return final_values((self.learner if policy == "learner" else self.guider).get(preset, {}))
+
+    def lines(self, figure: Path, page_dir: Path) -> list[str]:
+        if not self.learner:
+            return ["No runs of this experiment are recorded yet; `python benchmarks/evidence.py --only "
+                    f"{self.experiment.name}` runs them.", ""]
+        lines = ["| policy | seeds | final return [95% CI] | per seed | AUC [95% CI] | IQM of final [95% CI] |",
+                 "| --- | --- | --- | --- | --- | --- |"]
+        for preset in self.learner:
+            for policy, curves in (("learner", self.learner[preset]), ("guider", self.guider.get(preset, {}))):
+                if not curves:
+                    continue
+                finals, aucs = list(final_values(curves).values()), list(auc_values(curves).values())
+                name = preset if policy == "learner" and preset not in self.guider else f"{preset} {policy}"
+                seeds = _seed_range(curves)
+                lines.append(f"| {name} | {seeds} | {cell(finals)} | {' / '.join(f'{v:.1f}' for v in finals)} | "
+                             f"{cell(aucs)} | {iqm_cell(finals)} |")
+        frames = max(points[-1][0] for curves in self.learner.values() for points in curves.values())
+        lines += ["", f"Final: the last evaluation ({frames:,.0f} frames), mean over the evaluation's episodes; AUC: "
+                  "the mean of the evaluation curve over frames. A guided method's *learner* is what it deploys; its "
+                  "*guider* row is the centralized policy's own evaluation.", "",
+                  f"![{self.experiment.name}]({figure.relative_to(page_dir).as_posix()})", ""]
+        self.plot(figure)
+        return lines
+
+    def plot(self, figure: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axis = plt.subplots(figsize=(6, 3.4))
+        for preset, curves in self.learner.items():
+            for policy, source, style in (("learner", curves, "-"), ("guider", self.guider.get(preset, {}), "--")):
+                if not source:
+                    continue
+                frames = [f for f, _ in next(iter(source.values()))]
+                values = np.array([[v for _, v in points] for points in source.values() if len(points) == len(frames)])
+                mean = values.mean(0)
+                half = 1.96 * values.std(0, ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0 * mean
+                label = preset if policy == "learner" and not self.guider.get(preset) else f"{preset} {policy}"
+                line, = axis.plot(frames, mean, style, label=label)
+                axis.fill_between(frames, mean - half, mean + half, alpha=0.15, color=line.get_color())
+        axis.set(xlabel="frames", ylabel="evaluation return", title=f"{self.experiment.task}: mean, 95% CI over seeds")
+        axis.legend(fontsize=7)
+        fig.tight_layout()
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(figure, dpi=72, metadata={"Software": None})
+        plt.close(fig)
+
+
+def _seed_range(curves: dict) -> str:
+    seeds = sorted(curves)
+    return f"{len(seeds)} ({seeds[0]}-{seeds[-1]})" if seeds == list(range(seeds[0], seeds[-1] + 1)) else \
+        f"{len(seeds)} ({', '.join(map(str, seeds))})"
+
+
+# ------------------------------------------------------------------------------ verdicts
+
+
+def verdict_c1(results: Results, experiment: Experiment) -> tuple[str, list[str]]:
+    """Reproduced when MAGPO's learners succeed >= 0.95 on average, CTDS's <= 0.8 (the paper: 'about
+    half'), and MAGPO's lead over CTDS (paired by seed) has a 95% CI above 0."""
+    rows = [r for r in results.didactic if r["experiment"] == experiment.name]
+    if not rows:
+        return "not run", ["No runs recorded yet."]
+    learner = {p: {int(r["seed"]): float(r["learner_success"]) for r in rows if r["preset"] == p} for p in experiment.presets}
+    guider = {p: {int(r["seed"]): float(r["guider_success"]) for r in rows if r["preset"] == p} for p in experiment.presets}
+    lines = ["| method | seeds | learner success [95% CI] | per seed | guider success [95% CI] |",
+             "| --- | --- | --- | --- | --- |"]
+    for preset in experiment.presets:
+        values = [learner[preset][s] for s in sorted(learner[preset])]
+        lines.append(f"| {preset} | {len(values)} | {cell(values)} | {' / '.join(f'{v:.3f}' for v in values)} | "
+                     f"{cell(list(guider[preset].values()))} |")
+    lead = paired(learner["magpo"], learner["ctds"])
+    lines += ["", f"MAGPO minus CTDS, learner success, paired by seed: {signed_cell(lead)}; "
+              f"P(MAGPO > CTDS) {improvement_cell(list(learner['magpo'].values()), list(learner['ctds'].values()))}.", ""]
+    magpo, ctds = statistics.fmean(learner["magpo"].values()), statistics.fmean(learner["ctds"].values())
+    reproduced = magpo >= 0.95 and ctds <= 0.8 and direction(lead) == "above"
+    verdict = "reproduced" if reproduced else "not reproduced"
+    lines.append(f"**Verdict: {verdict}.** MAGPO's learners succeed {magpo:.3f} on average, CTDS's {ctds:.3f}: "
+                 + ("CTDS's students cannot copy the joint strategy their teacher finds, MAGPO's guider stays "
+                    "within what they can copy." if reproduced else "the gap the paper shows is not there."))
+    return verdict, lines
+
+
+def imitation_figures(table: TrainingTable) -> tuple[dict[str, list[float]], list[float]]:
+    """Per guided preset, its learner minus its own guider (final, paired by seed); and MAGPO's
+    learner minus CTDS's (paired by seed)."""
+    gaps = {p: paired(table.final(p), table.final(p, "guider")) for p in table.guider}
+    return gaps, paired(table.final("magpo"), table.final("ctds"))
+
+
+def verdict_c2(table: TrainingTable) -> tuple[str, list[str]]:
+    """Per task: reproduced when MAGPO's learner is above CTDS's (95% CI of the paired difference
+    above 0), CTDS's learner is below its own teacher (CI below 0) and MAGPO's imitation gap is the
+    smaller one; not reproduced when MAGPO's learner is below CTDS's, or CTDS's learner is not
+    below its teacher; otherwise undecided at this budget."""
+    gaps, lead = imitation_figures(table)
+    if "ctds" not in gaps or "magpo" not in table.learner or "ctds" not in table.learner:
+        return "not run", ["MAGPO's and CTDS's runs (with their guiders' evaluations) are not all recorded yet."]
+    lines = ["| figure (final return, paired by seed) | mean [95% CI] | seeds |", "| --- | --- | --- |"]
+    for preset, gap in gaps.items():
+        lines.append(f"| {preset}: learner minus its own guider (imitation gap) | {signed_cell(gap)} | {len(gap)} |")
+    lines.append(f"| MAGPO learner minus CTDS learner | {signed_cell(lead)} | {len(lead)} |")
+    lines += ["", f"P(MAGPO learner > CTDS learner): "
+              f"{improvement_cell(list(table.final('magpo').values()), list(table.final('ctds').values()))}.", ""]
+    ctds_gap = gaps["ctds"]
+    magpo_gap = gaps.get("magpo", [])
+    if direction(lead) == "above" and direction(ctds_gap) == "below" and (
+            not magpo_gap or statistics.fmean(ctds_gap) < statistics.fmean(magpo_gap)):
+        verdict = "reproduced"
+    elif direction(lead) == "below" or direction(ctds_gap) in ("above", "level"):
+        verdict = "not reproduced"
+    else:
+        verdict = "undecided"
+    return verdict, lines
+
+
+def verdict_c3(tables: list[TrainingTable]) -> tuple[str, list[str]]:
+    """Per task and decentralized baseline (MAPPO, IPPO): MAGPO's learner is 'above', 'level' or
+    'below' by the 95% CI of its paired final difference. Reproduced when it is below no baseline
+    on any task, not reproduced when it is below one on most tasks, else mixed."""
+    lines = ["| task | baseline | MAGPO learner minus baseline, final [95% CI] | AUC [95% CI] | P(MAGPO > baseline) | "
+             "MAGPO is |", "| --- | --- | --- | --- | --- | --- |"]
+    outcomes: dict[str, list[str]] = {}
+    for table in tables:
+        for baseline in ("mappo", "ippo"):
+            if "magpo" not in table.learner or baseline not in table.learner:
+                continue
+            final = paired(table.final("magpo"), table.final(baseline))
+            area = paired(auc_values(table.learner["magpo"]), auc_values(table.learner[baseline]))
+            where = direction(final)
+            outcomes.setdefault(table.experiment.task, []).append(where)
+            lines.append(f"| {table.experiment.task} | {baseline} | {signed_cell(final)} | {signed_cell(area)} | "
+                         f"{improvement_cell(list(table.final('magpo').values()), list(table.final(baseline).values()))} | "
+                         f"{where} |")
+    if not outcomes:
+        return "not run", ["No task has both MAGPO's and a decentralized baseline's runs recorded yet."]
+    reached = reach_lines(tables)
+    lines += ["", *reached]
+    behind = [task for task, where in outcomes.items() if "below" in where]
+    if not behind:
+        verdict = "reproduced"
+    elif len(behind) > len(outcomes) / 2:
+        verdict = "not reproduced"
+    else:
+        verdict = "mixed"
+    return verdict, lines
+
+
+def reach_lines(tables: list[TrainingTable]) -> list[str]:
+    """Frames each learner needs to reach the experiment's thresholds: the median over seeds of the
+    first evaluation at or above it, and how many seeds got there."""
+    lines = []
+    for table in tables:
+        if not table.experiment.thresholds or not table.learner:
+            continue
+        levels = table.experiment.thresholds
+        lines += [f"Frames to reach a return of {', '.join(f'{v:g}' for v in levels)} on {table.experiment.task} "
+                  "(median over seeds of the first evaluation at or above it; seeds that got there):", "",
+                  "| policy | " + " | ".join(f"return {v:g}" for v in levels) + " |", "| --- |" + " --- |" * len(levels)]
+        for preset, curves in table.learner.items():
+            cells = []
+            for level in levels:
+                reached = [f for f in (first_frames_reaching(points, level) for points in curves.values()) if f is not None]
+                cells.append(f"{statistics.median(reached):,.0f} ({len(reached)} of {len(curves)})" if reached
+                             else f"not reached (0 of {len(curves)})")
+            lines.append(f"| {preset} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def verdict_c4(table: TrainingTable) -> tuple[str, list[str]]:
+    """Reproduced when the smallest delta's learner ends above the largest delta's (95% CI of the
+    paired final difference above 0) on this task, where the paper finds small deltas help."""
+    deltas = [p for p in table.learner if "delta=" in p]
+    if len(deltas) < 2:
+        return "not run", ["The delta sweep's runs are not recorded yet."]
+    value = lambda p: float(p.split("delta=")[1].split("+")[0])  # noqa: E731
+    small, large = min(deltas, key=value), max(deltas, key=value)
+    difference = paired(table.final(small), table.final(large))
+    where = direction(difference)
+    lines = [f"Smallest minus largest delta ({small} minus {large}), final, paired by seed: {signed_cell(difference)}.", ""]
+    return ("reproduced" if where == "above" else "not reproduced" if where == "below" else "undecided"), lines
+
+
+def verdict_c5(results: Results, experiment: Experiment) -> tuple[str, list[str]]:
+    """The growth exponent k of seconds per iteration against the number of agents (least squares
+    on log-log): 'linear' when k <= 1.2 for every method, else which methods grow faster."""
+    rows = [r for r in results.scaling if r["experiment"] == experiment.name]
+    if not rows:
+        return "not run", ["No runs recorded yet."]
+    agents = sorted({int(r["n_agents"]) for r in rows})
+    lines = ["| method | " + " | ".join(f"n = {n}: s / iteration (MB)" for n in agents) + " | growth exponent k |",
+             "| --- |" + " --- |" * (len(agents) + 1)]
+    exponents = {}
+    for preset in experiment.presets:
+        mine = {int(r["n_agents"]): r for r in rows if r["preset"] == preset}
+        if not mine:
+            continue
+        n = sorted(mine)
+        seconds = [float(mine[k]["seconds_per_iteration"]) for k in n]
+        exponents[preset] = float(np.polyfit(np.log(n), np.log(seconds), 1)[0]) if len(n) > 1 else float("nan")
+        cells = [f"{float(mine[k]['seconds_per_iteration']):.2f} ({float(mine[k]['peak_rss_mb']):.0f})" if k in mine else "-"
+                 for k in agents]
+        lines.append(f"| {preset} | " + " | ".join(cells) + f" | {exponents[preset]:.2f} |")
+    lines += ["", "Seconds per iteration: median collection + training time of the iterations after the first, one run "
+              "alone on the machine, one torch thread; MB: the process's peak resident memory. k: time grows as n^k "
+              "(least squares on log-log over the n measured). The batch holds the same number of environment steps "
+              "at every n, so each iteration carries n agent-steps per environment step.", ""]
+    faster = [p for p, k in exponents.items() if k > 1.2]
+    return ("linear" if not faster else f"faster than linear for {', '.join(faster)}"), lines
+
+
+def verdict_vmas(tables: list[TrainingTable]) -> tuple[str, list[str]]:
+    """Per task, MAGPO's learner against MAPPO by the 95% CI of the paired differences, and its
+    guider against its learner (AUC)."""
+    lines = ["| task | seeds | MAGPO learner minus MAPPO, final [95% CI] | AUC [95% CI] | MAGPO guider minus learner, "
+             "AUC [95% CI] |", "| --- | --- | --- | --- | --- |"]
+    for table in tables:
+        if "magpo" not in table.learner or "mappo" not in table.learner:
+            continue
+        final = paired(table.final("magpo"), table.final("mappo"))
+        area = paired(auc_values(table.learner["magpo"]), auc_values(table.learner["mappo"]))
+        lead = paired(auc_values(table.guider.get("magpo", {})), auc_values(table.learner["magpo"]))
+        lines.append(f"| {table.experiment.task} | {len(final)} | {signed_cell(final)} | {signed_cell(area)} | "
+                     f"{signed_cell(lead) if lead else 'not logged'} ({len(lead)} seeds) |")
+    return "measured", lines + [""]
+
+
+# ------------------------------------------------------------------------------ the page
+
+VERDICTS = {"C1": "didactic", "C2": "imitation", "C3": "decentralized", "C4": "delta", "C5": "scaling", "VMAS": "vmas"}
+
+
+def claim_sections(claims: dict, experiments: list[Experiment], results: Results, page: Path,
+                   figures: Path) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """The page's per-claim sections, and (claim, title, verdict) for its summary table."""
+    lines, summary = [], []
+    for claim, about in claims.items():
+        own = [e for e in experiments if e.claim == claim]
+        shared = [e for e in experiments if e.name in about.get("also", [])]
+        lines += [f"## {claim}: {about['title']}", "", about["paper"].strip(), ""]
+        tables = []
+        for experiment in own:
+            lines += [f"### {experiment.name}" + (f": {experiment.task}" if experiment.task else ""), ""]
+            if experiment.kind == "training":
+                lines += [stamp(results, experiment), ""]
+                table = TrainingTable(results, experiment)
+                lines += table.lines(figures / f"{experiment.name}.png", page.parent)
+                tables.append(table)
+            else:
+                lines += [stamp(results, experiment), ""]
+        tables += [TrainingTable(results, e) for e in shared]
+        kind = VERDICTS.get(claim)
+        if kind == "didactic":
+            verdict, detail = verdict_c1(results, own[0])
+        elif kind == "imitation":
+            parts = [(t.experiment.task, *verdict_c2(t)) for t in tables]
+            detail = [line for task, _, body in parts for line in [f"**{task}:**", "", *body, ""]]
+            decided = {v for _, v, _ in parts}
+            verdict = "; ".join(f"{task}: {v}" for task, v, _ in parts) if len(decided) > 1 else (decided.pop() if decided else "not run")
+        elif kind == "decentralized":
+            verdict, detail = verdict_c3(tables)
+        elif kind == "delta":
+            verdict, detail = verdict_c4(tables[0]) if tables else ("not run", [])
+        elif kind == "scaling":
+            verdict, detail = verdict_c5(results, own[0])
+        else:
+            verdict, detail = verdict_vmas(tables)
+        note = about.get("verdict_note", "").strip()
+        lines += [*detail, f"**Verdict: {verdict}.** " + note, ""]
+        summary.append((claim, about["title"], verdict))
+    return lines, summary
+
+
+def build_page(claims: dict, experiments: list[Experiment], results: Results, page: Path, figures: Path,
+               preamble: str) -> str:
+    """The whole of RESULTS.md (figures written to ``figures``)."""
+    sections, summary = claim_sections(claims, experiments, results, page, figures)
+    head = ["# Results: the MAGPO paper's claims at a 2-core CPU's budget", "", preamble.strip(), "",
+            "| claim | what | verdict here |", "| --- | --- | --- |",
+            *(f"| [{c}](#{c.lower()}-{_anchor(t)}) | {t} | {v} |" for c, t, v in summary), ""]
+    return "\n".join(head + sections).rstrip() + "\n"
+
+
+def _anchor(title: str) -> str:
+    text = "".join(ch for ch in title.lower() if ch.isalnum() or ch in " -")
+    return text.replace(" ", "-")
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    from benchmarl_ext.evidence import (
+        SpecError,
+        check_against_configs,
+        check_consistency,
+        load_spec,
+        run_didactic,
+        run_scaling,
+        run_training,
+    )
+    from benchmarl_ext.runs import add_launcher_arguments, launcher_from_arguments
+
+    parser = argparse.ArgumentParser(description="Run the experiments of benchmarks/evidence.yaml that are not yet "
+                                                 "recorded and rebuild benchmarks/RESULTS.md from the per-seed CSVs.")
+    parser.add_argument("--spec", type=Path, default=Path("benchmarks/evidence.yaml"))
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/evidence"),
+                        help="the committed per-seed CSVs (and the figures)")
+    parser.add_argument("--runs", type=Path, default=Path("benchmarks/results/runs/evidence"),
+                        help="where runs are made (not committed)")
+    parser.add_argument("--page", type=Path, default=Path("benchmarks/RESULTS.md"))
+    parser.add_argument("--only", action="append", default=[], metavar="EXPERIMENT",
+                        help="run only these experiments (repeatable); the page still covers all")
+    parser.add_argument("--report-only", action="store_true", help="run nothing: rebuild the page from the CSVs")
+    add_launcher_arguments(parser)
+    args = parser.parse_args(argv)
+    launch = launcher_from_arguments(parser, args)
+    try:
+        claims, experiments = load_spec(args.spec)
+        names = {e.name for e in experiments}
+        unknown = [n for n in args.only if n not in names]
+        if unknown:
+            raise SpecError(f"--only: unknown experiments {unknown}; the list has {sorted(names)}")
+        for claim, about in claims.items():
+            missing = [n for n in about.get("also", []) if n not in names]
+            if missing or not {"title", "paper"} <= set(about):
+                raise SpecError(f"claims.{claim}: needs a title and a paper statement, and 'also' may name only "
+                                f"experiments of the list (unknown: {missing})")
+        results = Results(args.results)
+        if not args.report_only:
+            chosen = [e for e in experiments if not args.only or e.name in args.only]
+            check_against_configs(chosen)
+            check_consistency(chosen, results, args.runs)
+    except SpecError as error:
+        parser.error(str(error))
+    if not args.report_only:
+        for experiment in chosen:
+            if experiment.kind == "training":
+                run_training(experiment, results, args.runs, launch)
+            elif experiment.kind == "didactic":
+                run_didactic(experiment, results)
+            else:
+                run_scaling(experiment, results, args.runs)
+            results.save()  # each experiment's rows as soon as it is done
+    preamble = __import__("yaml").safe_load(args.spec.read_text()).get("preamble", "")
+    page = build_page(claims, experiments, results, args.page, args.results, preamble)
+    partial = args.page.with_name(args.page.name + ".partial")
+    partial.write_text(page)
+    partial.replace(args.page)
+    print(f"wrote {args.page}")
