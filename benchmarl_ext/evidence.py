@@ -151,7 +151,9 @@ def check_against_configs(experiments: list[Experiment]) -> None:
     from benchmarl_ext.registration import register
 
     register()
-    losses = {p.stem for p in (Path(__file__).parent / "conf" / "loss").glob("*.yaml")}
+    from importlib.resources import files
+
+    losses = {p.name.removesuffix(".yaml") for p in (files("benchmarl_ext.conf") / "loss").iterdir() if p.name.endswith(".yaml")}
     with initialize_config_module(config_module="benchmarl_ext.conf", version_base=None):
         for experiment in experiments:
             for preset, seeds in experiment.presets.items():
@@ -279,10 +281,19 @@ def check_consistency(experiments: list[Experiment], results: Results, runs_root
 # ----------------------------------------------------------------------------------- running
 
 
-def run_training(experiment: Experiment, results: Results, runs_root: Path, launch: dict) -> None:
-    """Run (or reuse) every missing run of a training experiment, then record its curves."""
+def run_training(experiment: Experiment, results: Results, runs_root: Path, launch: dict | None) -> None:
+    """Run (or reuse) every missing run of a training experiment, then record its curves. With
+    ``launch`` None, only record the runs that already finished in the runs folder with the
+    list's overrides (runs launched elsewhere, or a batch still under way) and launch nothing."""
     todo = [(preset, seed) for preset, seeds in experiment.presets.items() for seed in seeds
             if results.recorded(experiment.name, preset, seed) is None]
+    if launch is None:
+        for preset, seed in todo:
+            overrides = experiment.overrides(preset, seed)
+            folder = finished_run(runs_root / experiment.name / experiment.run_name(preset, seed), overrides)
+            if folder is not None:
+                record_training_run(experiment.name, preset, seed, overrides, folder, results, concurrent=2)
+        return
     if not todo:
         return
     if not experiment.rerun:
@@ -316,6 +327,7 @@ def run_didactic(experiment: Experiment, results: Results) -> None:
 
     with initialize_config_module(config_module="benchmarl_ext.conf", version_base=None):
         cfg = compose(config_name="demo", overrides=[f"iterations={experiment.iterations}"])
+    torch.set_num_threads(1)  # as every run of the page: one torch thread
     for preset, seeds in experiment.presets.items():
         fields = dict(cfg.methods[preset])
         entropy = fields.pop("entropy_coeff")
@@ -387,13 +399,14 @@ def auc(points: list[tuple[float, float]]) -> float:
     return area_under_curve(points)
 
 
-def cell(values) -> str:
+def cell(values, digits: int = 2) -> str:
+    """``mean [low, high]``: the mean over seeds and its 95% percentile bootstrap CI."""
     if len(values) == 0:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.2f} (1 seed)"
+        return f"{values[0]:.{digits}f} (1 seed)"
     mean, low, high = protocol.interval(values, reps=5_000)
-    return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def signed_cell(values) -> str:

@@ -16,6 +16,7 @@ def load_example():
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_example_trains_and_evaluates_the_learner():
     history = load_example().main(

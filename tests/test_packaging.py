@@ -1,5 +1,6 @@
 """A non-editable install works from any directory and ships the Hydra YAML; the wheel's import
 names cannot collide with other PyPI packages (PyPI's `kernels` above all)."""
+import pytest
 
 import os
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_non_editable_install_from_another_directory(tmp_path):
     target = tmp_path / "site"
     subprocess.run(
@@ -40,6 +42,7 @@ def test_non_editable_install_from_another_directory(tmp_path):
         assert path.startswith(str(target)), path  # the installed copy, not the checkout
 
 
+@pytest.mark.slow
 def test_wheel_top_level_names_are_our_own(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(tmp_path),

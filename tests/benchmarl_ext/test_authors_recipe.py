@@ -88,6 +88,7 @@ def test_minibatches_follow_the_batch_and_must_split_it():
             frames_per_minibatch(*bad)
 
 
+@pytest.mark.slow
 def test_the_recipe_runs_with_a_recurrent_learner_and_a_memory_guider(tmp_path):
     tiny = ["task.time_limit=15", "experiment.on_policy_n_envs_per_worker=4",
             "experiment.on_policy_collected_frames_per_batch=80", "experiment.max_n_frames=160",

@@ -55,6 +55,7 @@ def make_experiment(tmp_path: Path, overrides: list[str]):
     return configs.build_experiment(tmp_path, [*TINY, *overrides])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, name",
     [
@@ -120,6 +121,7 @@ def test_evaluation_uses_the_learner_on_own_observations_only(tmp_path):
     experiment.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "guider", [["algorithm=magpo_residual"], ["algorithm=magpo", "algorithm.backtrack=true"]], ids=["residual", "anchored"]
 )
@@ -147,6 +149,7 @@ def test_backtrack_resets_the_guider_after_each_training_iteration(tmp_path, gui
         torch.testing.assert_close(g.scale, l.scale, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_anchored_guider_reads_the_trained_learner_and_learns_at_its_own_rate(tmp_path):
     experiment = make_experiment(
         tmp_path, ["algorithm=magpo", "algorithm.guider=anchored", "algorithm.guider_embed_dim=8",
@@ -187,6 +190,7 @@ class _GuiderRecorder(experiment_module.Callback):
         self.last_layers.append(torch.cat([last.weight.flatten(), last.bias]).detach().clone())
 
 
+@pytest.mark.slow
 def test_guider_warmup_holds_the_anchored_guider_at_the_learner_then_lets_it_learn(tmp_path):
     recorder = _GuiderRecorder()
     experiment = configs.build_experiment(
@@ -236,6 +240,7 @@ def test_magpo_held_at_its_learner_with_mappos_settings_updates_as_mappo_does(tm
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_guider_evaluation_leaves_training_unchanged(tmp_path, monkeypatch):
     """eval_guider/... is a diagnostic: a run that also evaluates its guider trains exactly as one
     that does not. Without keeping the random streams, the guider's rollouts would draw agent
@@ -255,6 +260,7 @@ def test_guider_evaluation_leaves_training_unchanged(tmp_path, monkeypatch):
         assert len(logged) == 3 and logged == read_scalar(without.folder_name, name), name
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_everything_and_resume_continues(tmp_path):
     overrides = ["algorithm=magpo", *SMALL_GUIDER, "experiment.evaluation=false"]
     first = make_experiment(tmp_path / "a", overrides)
@@ -282,6 +288,7 @@ def test_checkpoint_holds_everything_and_resume_continues(tmp_path):
     assert resumed.n_iters_performed == 3 and resumed.total_frames == 240
 
 
+@pytest.mark.slow
 def test_compiled_networks_compute_the_eager_losses_and_gradients(tmp_path):
     """compile_feed_forward compiles, in place, every feed-forward stack of the guider (its
     correction), the learner and the critic, keeping the state_dict keys; on one collected batch
@@ -320,6 +327,7 @@ def test_compiled_networks_compute_the_eager_losses_and_gradients(tmp_path):
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm, stacks", [("magpo", 3), ("mappo", 2)])
 def test_compile_networks_from_the_config(tmp_path, algorithm, stacks):
     """compile_networks=true compiles every algorithm's stacks (MAGPO: guider correction, learner,
@@ -333,6 +341,7 @@ def test_compile_networks_from_the_config(tmp_path, algorithm, stacks):
     assert all(math.isfinite(v) for v in read_scalar(Path(experiment.folder_name), "eval_reward_episode_reward_mean").values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["magpo", "mappo"])
 def test_absolute_metric_reevaluates_the_best_evaluation_and_writes_the_json(tmp_path, algorithm, monkeypatch):
     overrides = [f"algorithm={algorithm}", *(SMALL_GUIDER if algorithm == "magpo" else []),
@@ -390,6 +399,7 @@ def test_resume_command_reloads_a_run(tmp_path):
     experiment.close()
 
 
+@pytest.mark.slow
 def test_per_epoch_order_draws_one_permutation_per_epoch(tmp_path, monkeypatch):
     from benchmarl_ext.algorithm import Magpo
 
@@ -412,6 +422,7 @@ def test_per_epoch_order_draws_one_permutation_per_epoch(tmp_path, monkeypatch):
     assert len({tuple(order.tolist()) for order in drawn}) > 1
 
 
+@pytest.mark.slow
 def test_auto_delta_follows_the_rule_is_logged_and_checkpointed(tmp_path):
     from magpo import DeltaSchedule
 
@@ -458,12 +469,14 @@ def test_plain_benchmarl_experiment_is_refused(tmp_path):
         load_experiment_from_hydra(cfg, task_name)
 
 
+@pytest.mark.slow
 def test_wandb_is_offline_by_default(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cli.main(["--help"])
     assert os.environ["WANDB_MODE"] == "offline"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["mappo", "magpo_coordsum_3x10", "mat"])
 def test_coordsum_tasks_through_the_command(tmp_path, algorithm):
     run_dir = tmp_path / "run"

@@ -36,6 +36,7 @@ def test_bad_loss_value_names_the_field():
         demo.run(compose_demo(["iterations=1", "seeds=1", "methods.magpo.delta=0.9"]))
 
 
+@pytest.mark.slow
 def test_the_command_writes_no_file(tmp_path):
     import subprocess
     import sys

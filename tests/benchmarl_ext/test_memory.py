@@ -60,6 +60,7 @@ class CheckCollectedBatches(Callback):
         self.minibatch_shapes.append(tuple(batch.batch_size))
 
 
+@pytest.mark.slow
 def test_memory_guider_stores_its_state_and_trains_on_whole_rollouts_with_the_collected_log_probs(tmp_path):
     check = CheckCollectedBatches()
     experiment = build(tmp_path, [*MLP, "algorithm.guider_memory=gru", "experiment.prefer_continuous_actions=false",
@@ -72,6 +73,7 @@ def test_memory_guider_stores_its_state_and_trains_on_whole_rollouts_with_the_co
     assert max(check.gaps) < 1e-5, check.gaps  # training's log-probs are collection's
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, network", [("layers/gru", Gru), ("layers/lstm", Lstm)])
 def test_recurrent_learner_and_critic_with_the_memory_guider_end_to_end(tmp_path, model, network):
     run_dir = tmp_path / "run"

@@ -38,6 +38,7 @@ def finished_magpo_and_mappo_runs(sweep_dir: Path) -> list[Path]:
     return folders
 
 
+@pytest.mark.slow
 def test_joblib_multirun_runs_two_jobs_in_parallel_processes(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the launchers extra (part of the test extra) is missing")
     cli.main(["run", "-m", "hydra/launcher=magpo_local", "hydra.launcher.n_jobs=2", "algorithm=magpo,mappo", *TINY,
@@ -53,6 +54,7 @@ def test_joblib_multirun_runs_two_jobs_in_parallel_processes(tmp_path):
         assert curves["vmas/balance"]["magpo"][0] == pytest.approx([learner[k] for k in sorted(learner)], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_ray_multirun_runs_two_jobs_as_ray_tasks(tmp_path):
     """The magpo_ray preset with ``address=null``: Ray starts a local instance here, and each run is a
     Ray task with one CPU, no GPU and one torch thread (the preset's 8 would oversubscribe 2 cores)."""
@@ -102,6 +104,7 @@ def test_a_missing_plugin_names_the_extra_before_anything_runs(option, package, 
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.slow
 def test_tensorboard_logs_magpo_keys(tmp_path):
     pytest.importorskip("tensorboard", reason="the tensorboard extra (part of the test extra) is missing")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -120,6 +123,7 @@ def test_tensorboard_logs_magpo_keys(tmp_path):
         assert len(accumulator.Scalars(tag)) == 2
 
 
+@pytest.mark.slow
 def test_benchmark_runs_go_through_a_launcher_and_finished_ones_are_reused(tmp_path, monkeypatch):
     """benchmarl_ext.benchmark_runs.run_many: a list of runs, each with its own overrides, through
     hydra/sweeper=magpo_runs and the joblib launcher; a second call launches nothing."""
@@ -180,6 +184,7 @@ def test_evaluation_return_counts_each_episode_up_to_its_first_done():
     assert benchmark_runs.evaluation_return(rollout, ["a", "b"]) == pytest.approx(5.25)
 
 
+@pytest.mark.slow
 def test_a_failed_benchmark_run_is_named(tmp_path):
     from benchmarl_ext import runs as benchmark_runs
 

@@ -38,6 +38,7 @@ def test_every_task_of_the_suites_is_a_benchmarl_task():
             compose_config(["algorithm=mappo", f"task={suite}/{name}", "experiment=cpu"])  # its YAML exists
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_smallest_task_of_each_suite_end_to_end(tmp_path, task, algorithm):

@@ -36,6 +36,7 @@ def trial_objectives(tmp_path, kind):
     return values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["final", "auc"])
 def test_two_trial_search_maximises_the_learner_objective(tmp_path, objective):
     results = sweep(tmp_path, [f"objective={objective}"])

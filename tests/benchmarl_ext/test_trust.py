@@ -94,6 +94,7 @@ def last_checkpoint(experiment) -> dict:
     return torch.load(Path(experiment.folder_name) / "checkpoints" / "checkpoint_320.pt", weights_only=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_resume_is_bit_exact(tmp_path, case):
     overrides = [*CASES[case], *STRAIGHT]
@@ -115,6 +116,7 @@ def test_resume_is_bit_exact(tmp_path, case):
     assert_same_state(last_checkpoint(resumed), last_checkpoint(straight))
 
 
+@pytest.mark.slow
 def test_same_seed_and_threads_give_the_same_run(tmp_path):
     overrides = [*CASES["magpo-vmas"], "experiment.max_n_frames=160"]
     first = build(tmp_path / "a", overrides)
@@ -154,6 +156,7 @@ configs.build_experiment(Path({folder!r}), {overrides!r}).run()
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     overrides = [*CASES["magpo-vmas"], "experiment.max_n_frames=320", "experiment.checkpoint_interval=80"]
     marker = tmp_path / "writing"
@@ -203,6 +206,7 @@ def no_environment(monkeypatch):
     monkeypatch.setattr(bm_experiment.Experiment, "_setup_task", refuse)
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_fail_before_anything_and_change_no_file(finished_run, monkeypatch):
     run_dir, folder = finished_run
     good = folder / "checkpoints" / "checkpoint_160.pt"
@@ -226,6 +230,7 @@ def test_bad_checkpoints_fail_before_anything_and_change_no_file(finished_run, m
     assert fingerprint(run_dir) == before
 
 
+@pytest.mark.slow
 def test_evaluate_prints_and_writes_its_own_file(finished_run, capsys):
     run_dir, folder = finished_run
     before = fingerprint(run_dir)

@@ -13,6 +13,7 @@ bench = sys.modules["kernel_bench"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_upserts_csv_and_draws(tmp_path, capsys):
     out = tmp_path / "kernels.csv"
     args = ["--device", "cpu", "--providers", "eager", "--rows", "6,7", "--sizes", "3", "--csv", str(out)]

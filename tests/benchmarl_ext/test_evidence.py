@@ -1,0 +1,103 @@
+"""benchmarks/evidence.py: the list is checked before anything runs, a tiny claim runs end to end
+through the launcher and lands in the CSVs, the page is rebuilt from the CSVs alone, and the
+committed page is what the committed CSVs give."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("rliable", reason="the report extra (part of the test extra) is missing")
+
+from benchmarl_ext import evidence  # noqa: E402  (after the skip: the page needs rliable)
+from benchmarl_ext.evidence_page import main  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["experiment=cpu", "task.max_steps=20", "experiment.on_policy_collected_frames_per_batch=80",
+        "experiment.on_policy_n_envs_per_worker=4", "experiment.on_policy_minibatch_size=40",
+        "experiment.on_policy_n_minibatch_iters=2", "experiment.evaluation_interval=80", "experiment.evaluation_episodes=2",
+        "model.num_cells=[16,16]", "critic_model.num_cells=[16,16]", "algorithm.guider_embed_dim=8",
+        "algorithm.guider_heads=2"]
+CLAIMS = {"C2": {"title": "imitation gap", "paper": "CTDS's learner falls below its teacher; MAGPO's does not."}}
+
+
+def write_spec(folder: Path, experiment: dict, claims=None) -> list[str]:
+    """A one-experiment list in ``folder``; returns the command-line paths for it."""
+    spec = folder / "evidence.yaml"
+    spec.write_text(yaml.safe_dump({"preamble": "Tiny.", "claims": claims or CLAIMS, "experiments": [experiment]}))
+    return ["--spec", str(spec), "--results", str(folder / "results" / "evidence"), "--runs", str(folder / "runs"),
+            "--page", str(folder / "RESULTS.md")]
+
+
+TINY_CLAIM = {"name": "tiny_balance", "claim": "C2", "kind": "training", "task": "vmas/balance", "settings": TINY,
+              "frames": 160, "presets": {"magpo": "0-1", "ctds": "0-1"}}
+
+
+@pytest.mark.slow
+def test_a_tiny_claim_runs_end_to_end_and_the_page_comes_from_the_csvs(tmp_path, monkeypatch):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the launchers extra (part of the test extra) is missing")
+    paths = write_spec(tmp_path, TINY_CLAIM)
+    main([*paths, "--jobs", "2"])
+    results = evidence.Results(tmp_path / "results" / "evidence")
+    assert sorted((r["preset"], r["seed"]) for r in results.runs) == [("ctds", "0"), ("ctds", "1"), ("magpo", "0"), ("magpo", "1")]
+    assert all(r["threads"] == "1" and r["concurrent"] == "2" and r["commit"] for r in results.runs)
+    rows = [r for r in results.curves if r["preset"] == "magpo" and r["seed"] == "0"]
+    assert [int(r["frames"]) for r in rows] == [80, 160] and all(r["guider"] != "" for r in rows)  # learner and guider
+    page = (tmp_path / "RESULTS.md").read_text()
+    assert "| magpo learner | 2 (0-1) |" in page and "| ctds guider | 2 (0-1) |" in page
+    assert "imitation gap" in page and "**Verdict: " in page and (tmp_path / "results" / "evidence" / "tiny_balance.png").exists()
+
+    # reused, not run again; and --report-only rebuilds the same page from the CSVs alone
+    monkeypatch.setattr(evidence, "run_many", lambda *a, **k: pytest.fail("ran a recorded run again"))
+    shutil.rmtree(tmp_path / "runs")
+    main([*paths, "--jobs", "2"])
+    (tmp_path / "RESULTS.md").write_text("stale")
+    main([*paths, "--report-only"])
+    assert (tmp_path / "RESULTS.md").read_text() == page
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"claim": "C9"}, r"claim 'C9' is not one of \['C2'\]"),
+    ({"presets": {"magpo_v2": "0-1"}}, r"preset 'magpo_v2': not a preset or task the benchmarl command knows"),
+    ({"task": "vmas/balancing"}, r"preset '\w+': not a preset or task the benchmarl command knows .*task/vmas/balancing"),
+    ({"presets": {"magpo": ""}}, r"presets.magpo: seeds must be like '0-9'"),
+    ({"presets": {"magpo": "5-3"}}, r"presets.magpo: the seed count must be >= 1"),
+    ({"frames": 170}, r"frames 170 is not a multiple of the batch \(80 frames\)"),
+    ({"kind": "sweep"}, r"kind 'sweep' is not one of"),
+])
+def test_a_bad_list_is_refused_naming_the_entry_before_anything_runs(tmp_path, capsys, monkeypatch, change, message):
+    monkeypatch.setattr(evidence, "run_many", lambda *a, **k: pytest.fail("ran something"))
+    paths = write_spec(tmp_path, {**TINY_CLAIM, **change})
+    with pytest.raises(SystemExit):
+        main(paths)
+    err = capsys.readouterr().err
+    assert __import__("re").search(message, err), err[-2000:]
+    assert not (tmp_path / "RESULTS.md").exists() and not (tmp_path / "results").exists()
+
+
+def test_results_made_with_other_overrides_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(evidence, "run_many", lambda *a, **k: pytest.fail("ran something"))
+    paths = write_spec(tmp_path, TINY_CLAIM)
+    experiment = evidence.load_spec(tmp_path / "evidence.yaml")[1][0]
+    results = evidence.Results(tmp_path / "results" / "evidence")
+    other = [*experiment.overrides("magpo", 0), "algorithm.delta=3"]
+    results.add(evidence.machine_row("tiny_balance", "magpo", 0, other, 1, 1), "curves", [])
+    results.save()
+    before = (tmp_path / "results" / "evidence" / "runs.csv").read_text()
+    with pytest.raises(SystemExit):
+        main(paths)
+    assert "tiny_balance, preset 'magpo', seed 0: runs.csv holds a run made with" in capsys.readouterr().err
+    assert (tmp_path / "results" / "evidence" / "runs.csv").read_text() == before
+    assert not (tmp_path / "RESULTS.md").exists()
+
+
+def test_the_committed_page_is_what_the_committed_csvs_give(tmp_path):
+    """``python benchmarks/evidence.py --report-only`` changes nothing in a clean checkout."""
+    copy = tmp_path / "benchmarks"
+    shutil.copytree(REPO / "benchmarks" / "results" / "evidence", copy / "results" / "evidence")
+    main(["--spec", str(REPO / "benchmarks" / "evidence.yaml"), "--results", str(copy / "results" / "evidence"),
+          "--page", str(copy / "RESULTS.md"), "--report-only"])
+    assert (copy / "RESULTS.md").read_text() == (REPO / "benchmarks" / "RESULTS.md").read_text()
