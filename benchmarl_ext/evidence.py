@@ -237,7 +237,10 @@ def machine_row(experiment: str, preset: str, seed, overrides: list[str], thread
     import vmas
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+    # '+local' marks uncommitted changes to what the run executes, not to docs or results
+    code = ["magpo", "kernels", "benchmarl_ext", "conf", "hydra_plugins", "benchmarks/evidence.yaml"]
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *code], capture_output=True,
+                           text=True).stdout
     return {
         "experiment": experiment, "preset": preset, "seed": seed, "overrides": " ".join(overrides),
         "commit": (commit or "unknown") + ("+local" if dirty.strip() else ""), "date": _today(),
