@@ -9,8 +9,10 @@ behaviour MAGPO needs, and the checks and resume guarantees every run deserves
   under ``eval_guider/...``. Other algorithms evaluate as in BenchMARL.
   :meth:`MagpoExperiment.evaluate` prints its numbers and writes them to
   ``evaluations/<checkpoint>.json``, not into the training logs.
-* Up-front checks: every ``experiment.*`` value is range-checked and a checkpoint to resume is
-  read and validated before any environment, logger or file is touched.
+* Up-front checks: every ``experiment.*`` value is range-checked, every ``task.*`` value of a
+  VMAS or PettingZoo task is tried on a throwaway environment (:mod:`benchmarl_ext.task_checks`),
+  and a checkpoint to resume is read and validated before any environment of the run, logger or
+  file is touched.
 * Checkpoints hold every optimizer's state and every global random generator's state, and are
   written atomically. Exact resume: at each periodic checkpoint every environment (collection
   and evaluation) is reseeded from the torch generator and reset, and a resumed run does the
@@ -46,6 +48,7 @@ from tensordict import TensorDictBase
 from benchmarl_ext.checkpoints import read_checkpoint, rng_state, save_atomically, set_rng_state, trim_scalar_logs
 from benchmarl_ext.checks import check_experiment_config
 from benchmarl_ext.plots import area_under_curve
+from benchmarl_ext.task_checks import check_task
 
 
 class EvaluationCurve(Callback):
@@ -152,6 +155,28 @@ def compile_feed_forward(networks: List[torch.nn.Module]) -> int:
     return len(seen)
 
 
+class NonFiniteTrainingLoss(RuntimeError):
+    """A training loss term came out NaN or infinite; the message names the group and the term."""
+
+
+def _finite_losses_hook(group: str):
+    """A forward hook for a group's loss module (any algorithm's): the run stops at the first
+    non-finite ``loss_*`` term, naming it, before it reaches an optimizer, instead of training
+    on NaN. (MAGPO's own loss raises first, with the cause it can see.)"""
+
+    def hook(module, args, out) -> None:
+        terms = {key: out.get(key) for key in out.keys() if isinstance(key, str) and key.startswith("loss_")}
+        if not terms or torch.cat([v.detach().float().flatten() for v in terms.values()]).isfinite().all():
+            return
+        bad = ", ".join(f"{key}={value.tolist()}" for key, value in terms.items() if not torch.isfinite(value).all())
+        raise NonFiniteTrainingLoss(
+            f"group {group}: the training loss is not finite ({bad}); the run stops here rather than train on it. "
+            "Extreme settings (a large experiment.lr, algorithm.entropy_coef or algorithm.aux_coef) are the usual cause."
+        )
+
+    return hook
+
+
 class MagpoExperiment(Experiment):
     """A BenchMARL ``Experiment`` that any algorithm can use; MAGPO requires it.
 
@@ -181,6 +206,8 @@ class MagpoExperiment(Experiment):
         if check_model is not None:
             check_model(model_config)
         task = task.get_task() if isinstance(task, Task) else task
+        with random_streams_kept():  # the probe environment draws from no stream the run uses
+            check_task(task, config.prefer_continuous_actions and task.supports_continuous_actions())
         self._run_identity = {
             "algorithm": algorithm_config.associated_class().__name__.lower(),
             "task": f"{task.env_name().lower()}/{task.name.lower()}",
@@ -206,6 +233,8 @@ class MagpoExperiment(Experiment):
             # registered apart, for the functional calls): actor, critic, value, mixer networks...
             networks = [v for loss in self.losses.values() for v in vars(loss).values() if isinstance(v, torch.nn.Module)]
             compile_feed_forward(networks)  # the collection and evaluation policies are these modules too
+        for group, loss in self.losses.items():
+            loss.register_forward_hook(_finite_losses_hook(group))
         # The algorithm's own schedules. BenchMARL pickled the run's callbacks before building the
         # algorithm (_setup_name), so these are not among them and a reloaded run is not given them twice.
         training_hooks = getattr(self.algorithm, "training_hooks", None)

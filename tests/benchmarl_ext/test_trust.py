@@ -335,3 +335,23 @@ def test_bad_thread_count_names_the_variable(value, monkeypatch):
     monkeypatch.setenv("MAGPO_NUM_THREADS", value)
     with pytest.raises(SystemExit, match="MAGPO_NUM_THREADS must be an integer >= 1"):
         cli.configure_threads()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["task=vmas/balance", "task.max_steps=0"], r"task\.max_steps must be an integer >= 1 \(steps per episode\), got 0"),
+    (["task=vmas/balance", "task.max_steps=-4"], r"task\.max_steps must be an integer >= 1"),
+    (["task=vmas/balance", "task.n_agents=0"], r"task\.n_agents must be an integer >= 2 for vmas/balance, got 0"),
+    (["task=vmas/navigation", "task.n_agents=0"], r"task\.n_agents must be an integer >= 1 for vmas/navigation"),
+    (["task=pettingzoo/simple_spread", "task.N=0"], r"task\.N must be an integer >= 1 for pettingzoo/simple_spread"),
+    (["task=pettingzoo/simple_spread", "task.max_cycles=0"], r"task\.max_cycles must be an integer >= 1"),
+    (["task=pettingzoo/simple_spread", "task.local_ratio=7"], r"task\.local_ratio=7\.0 is refused by pettingzoo/simple_spread "
+                                                               r"\(AssertionError: local_ratio is a proportion"),
+])
+def test_bad_task_values_are_refused_naming_the_field_before_any_environment(tmp_path, monkeypatch, overrides, message):
+    """The values are tried on a throwaway environment (benchmarl_ext.task_checks); the run's own
+    environments are never built and its folder stays empty."""
+    pytest.importorskip("pettingzoo", reason="the mpe extra (part of the test extra) is missing")
+    no_environment(monkeypatch)
+    with pytest.raises(ValueError, match=message):
+        build(tmp_path / "run", ["algorithm=magpo", "experiment=cpu", *overrides])
+    assert not any((tmp_path / "run").iterdir())
