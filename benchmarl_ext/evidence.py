@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import platform
 import re
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from benchmarl_ext import protocol
 from benchmarl_ext.plots import frames_of, read_scalar
-from benchmarl_ext.runs import finished_run, run_many, run_overrides
+from benchmarl_ext.runs import code_commit, finished_run, run_many, run_overrides
 
 KINDS = ("training", "didactic", "scaling")
 GUIDED = ("magpo", "ctds")  # presets whose name starts so collect with a guider and log eval_guider/...
@@ -217,7 +218,10 @@ class Results:
         return None
 
     def add(self, run_row: dict, table: str, rows: list[dict]) -> None:
-        key = (run_row["experiment"], run_row["preset"], str(run_row["seed"]))
+        """Record one run (its ``runs.csv`` row and its rows of ``table``), as text, as the CSVs hold it."""
+        run_row = {k: str(v) for k, v in run_row.items()}
+        rows = [{k: str(v) for k, v in row.items()} for row in rows]
+        key = (run_row["experiment"], run_row["preset"], run_row["seed"])
         self.runs = [r for r in self.runs if (r["experiment"], r["preset"], r["seed"]) != key] + [run_row]
         setattr(self, table, getattr(self, table) + rows)
 
@@ -228,22 +232,20 @@ class Results:
         write_rows(self.folder / "scaling.csv", SCALING_FIELDS, self.scaling)
 
 
-def machine_row(experiment: str, preset: str, seed, overrides: list[str], threads: int, concurrent: int) -> dict:
-    """A ``runs.csv`` row: the run's identity and this checkout's provenance."""
+def machine_row(experiment: str, preset: str, seed, overrides: list[str], threads: int, concurrent: int,
+                launched: dict | None = None) -> dict:
+    """A ``runs.csv`` row: the run's identity and provenance (``launched``: the commit and date it
+    was launched at, from its folder's ``launched.json``; else this checkout's, now)."""
     import benchmarl
     import tensordict
     import torch
     import torchrl
     import vmas
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    # '+local' marks uncommitted changes to what the run executes, not to docs or results
-    code = ["magpo", "kernels", "benchmarl_ext", "conf", "hydra_plugins", "benchmarks/evidence.yaml"]
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *code], capture_output=True,
-                           text=True).stdout
+    launched = launched or {"commit": code_commit(), "date": _today()}
     return {
         "experiment": experiment, "preset": preset, "seed": seed, "overrides": " ".join(overrides),
-        "commit": (commit or "unknown") + ("+local" if dirty.strip() else ""), "date": _today(),
+        "commit": launched["commit"], "date": launched["date"],
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
         "versions": f"python {platform.python_version()} torch {torch.__version__} torchrl {torchrl.__version__} "
                     f"tensordict {tensordict.__version__} benchmarl {benchmarl.__version__} vmas {vmas.__version__}",
@@ -317,7 +319,9 @@ def record_training_run(experiment: str, preset: str, seed: int, overrides: list
     rows = [{"experiment": experiment, "preset": preset, "seed": seed, "frames": int(frames[step]),
              "learner": f"{value:.6g}", "guider": f"{guider[step]:.6g}" if step in guider else ""}
             for step, value in sorted(learner.items())]
-    results.add(machine_row(experiment, preset, seed, overrides, 1, concurrent), "curves", rows)
+    record = folder.parent / "launched.json"
+    launched = json.loads(record.read_text()) if record.exists() else None
+    results.add(machine_row(experiment, preset, seed, overrides, 1, concurrent, launched), "curves", rows)
 
 
 def run_didactic(experiment: Experiment, results: Results) -> None:

@@ -54,9 +54,10 @@ def iqm_cell(values) -> str:
     if len(values) < 4:
         return "-"
     library, metrics = protocol._rliable()
-    estimate, bounds = library.get_interval_estimates(
-        {"x": np.asarray(values, dtype=float).reshape(-1, 1)}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=REPS,
-        confidence_interval_size=protocol.CONFIDENCE, random_state=np.random.RandomState(0))
+    with protocol.seeded(0):
+        estimate, bounds = library.get_interval_estimates(
+            {"x": np.asarray(values, dtype=float).reshape(-1, 1)}, lambda x: np.array([metrics.aggregate_iqm(x)]),
+            reps=REPS, confidence_interval_size=protocol.CONFIDENCE, random_state=np.random.RandomState(0))
     return f"{estimate['x'][0]:.2f} [{bounds['x'][0, 0]:.2f}, {bounds['x'][1, 0]:.2f}]"
 
 
@@ -65,10 +66,11 @@ def improvement_cell(x, y) -> str:
     if len(x) < 2 or len(y) < 2:
         return "-"
     library, metrics = protocol._rliable()
-    estimate, bounds = library.get_interval_estimates(
-        {"p": (np.asarray(x, dtype=float).reshape(-1, 1), np.asarray(y, dtype=float).reshape(-1, 1))},
-        metrics.probability_of_improvement, reps=2_000, confidence_interval_size=protocol.CONFIDENCE,
-        random_state=np.random.RandomState(0))
+    with protocol.seeded(0):
+        estimate, bounds = library.get_interval_estimates(
+            {"p": (np.asarray(x, dtype=float).reshape(-1, 1), np.asarray(y, dtype=float).reshape(-1, 1))},
+            metrics.probability_of_improvement, reps=2_000, confidence_interval_size=protocol.CONFIDENCE,
+            random_state=np.random.RandomState(0))
     low, high = bounds["p"].ravel()
     return f"{float(estimate['p']):.2f} [{low:.2f}, {high:.2f}]"
 

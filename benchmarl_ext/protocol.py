@@ -36,6 +36,7 @@ Every algorithm needs the same seeds and evaluation points on a task. Writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -50,6 +51,20 @@ CONFIDENCE = 0.95
 warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
 
 
+@contextlib.contextmanager
+def seeded(seed: int = 0):
+    """Run the block with numpy's global generator seeded, then put its state back. rliable's
+    StratifiedBootstrap draws its resampling indices from the global generator (np.random.choice),
+    not from the ``random_state`` it is given, so without this the same scores give other
+    intervals in every process."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def _rliable():
     try:
         from rliable import library, metrics
@@ -62,10 +77,11 @@ def interval(values, reps: int = 20_000, seed: int = 0) -> tuple[float, float, f
     """Mean of ``values`` (one per seed) and its 95% percentile bootstrap interval: (mean, low, high)."""
     library, metrics = _rliable()
     scores = np.asarray(values, dtype=float).reshape(-1, 1)
-    estimate, bounds = library.get_interval_estimates(
-        {"x": scores}, lambda x: np.array([metrics.aggregate_mean(x)]), reps=reps,
-        confidence_interval_size=CONFIDENCE, random_state=np.random.RandomState(seed),
-    )
+    with seeded(seed):
+        estimate, bounds = library.get_interval_estimates(
+            {"x": scores}, lambda x: np.array([metrics.aggregate_mean(x)]), reps=reps,
+            confidence_interval_size=CONFIDENCE, random_state=np.random.RandomState(seed),
+        )
     return float(estimate["x"][0]), float(bounds["x"][0, 0]), float(bounds["x"][1, 0])
 
 
@@ -183,6 +199,11 @@ def report(path: Path, candidate: str, out: Path | None = None, reps: int = 20_0
     import matplotlib
 
     matplotlib.use("Agg")
+    with seeded(0):
+        return _report(path, candidate, out, reps)
+
+
+def _report(path: Path, candidate: str, out: Path | None, reps: int) -> Path:
     import matplotlib.pyplot as plt
 
     library, metrics = _rliable()

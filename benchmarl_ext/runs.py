@@ -98,8 +98,11 @@ def run_many(runs: list[tuple[str, list[str]]], runs_dir: Path, jobs: int = 1, l
         else:
             print(f"{name}: reusing {reused}", flush=True)
     if todo:
+        launched = {"commit": code_commit(), "date": datetime.date.today().isoformat()}
         for name, _ in todo:
             shutil.rmtree(runs_dir / name, ignore_errors=True)
+            (runs_dir / name).mkdir(parents=True)
+            (runs_dir / name / "launched.json").write_text(json.dumps(launched))  # what the run executes
         runs_dir.mkdir(parents=True, exist_ok=True)
         runs_file = runs_dir / "runs.json"
         runs_file.write_text(json.dumps([{"name": n, "overrides": o} for n, o in todo], indent=1))
@@ -116,6 +119,16 @@ def run_many(runs: list[tuple[str, list[str]]], runs_dir: Path, jobs: int = 1, l
     if missing:
         raise RuntimeError(f"{len(missing)} runs did not finish: {', '.join(missing)} (see {runs_dir / 'multirun.log'})")
     return folders
+
+
+def code_commit() -> str:
+    """The checkout's short commit, with ``+local`` when the code a run executes (not docs or
+    results) has uncommitted changes; run from the checkout."""
+    code = ["magpo", "kernels", "benchmarl_ext", "conf", "hydra_plugins", "benchmarks/evidence.yaml"]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *code], capture_output=True,
+                           text=True).stdout
+    return (commit or "unknown") + ("+local" if dirty.strip() else "")
 
 
 def random_policy_return(overrides: list[str], episodes: int = 200, seed: int = 0) -> float:

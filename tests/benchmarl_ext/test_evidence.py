@@ -5,6 +5,8 @@ committed page is what the committed CSVs give."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import yaml
 
 pytest.importorskip("rliable", reason="the report extra (part of the test extra) is missing")
 
-from benchmarl_ext import evidence  # noqa: E402  (after the skip: the page needs rliable)
+from benchmarl_ext import evidence as evidence_csvs  # noqa: E402  (after the skip: the page needs rliable)
 from benchmarl_ext.evidence_page import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,16 +34,23 @@ def write_spec(folder: Path, experiment: dict, claims=None) -> list[str]:
             "--page", str(folder / "RESULTS.md")]
 
 
+def evidence(*args: str) -> None:
+    """``python benchmarks/evidence.py ARGS`` in a process of its own, as a user runs it (rliable and
+    the launchers leave global logging state behind that other tests' captured streams trip on)."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "evidence.py"), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 TINY_CLAIM = {"name": "tiny_balance", "claim": "C2", "kind": "training", "task": "vmas/balance", "settings": TINY,
               "frames": 160, "presets": {"magpo": "0-1", "ctds": "0-1"}}
 
 
 @pytest.mark.slow
-def test_a_tiny_claim_runs_end_to_end_and_the_page_comes_from_the_csvs(tmp_path, monkeypatch):
+def test_a_tiny_claim_runs_end_to_end_and_the_page_comes_from_the_csvs(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the launchers extra (part of the test extra) is missing")
     paths = write_spec(tmp_path, TINY_CLAIM)
-    main([*paths, "--jobs", "2"])
-    results = evidence.Results(tmp_path / "results" / "evidence")
+    evidence(*paths, "--jobs", "2")
+    results = evidence_csvs.Results(tmp_path / "results" / "evidence")
     assert sorted((r["preset"], r["seed"]) for r in results.runs) == [("ctds", "0"), ("ctds", "1"), ("magpo", "0"), ("magpo", "1")]
     assert all(r["threads"] == "1" and r["concurrent"] == "2" and r["commit"] for r in results.runs)
     rows = [r for r in results.curves if r["preset"] == "magpo" and r["seed"] == "0"]
@@ -50,12 +59,13 @@ def test_a_tiny_claim_runs_end_to_end_and_the_page_comes_from_the_csvs(tmp_path,
     assert "| magpo learner | 2 (0-1) |" in page and "| ctds guider | 2 (0-1) |" in page
     assert "imitation gap" in page and "**Verdict: " in page and (tmp_path / "results" / "evidence" / "tiny_balance.png").exists()
 
-    # reused, not run again; and --report-only rebuilds the same page from the CSVs alone
-    monkeypatch.setattr(evidence, "run_many", lambda *a, **k: pytest.fail("ran a recorded run again"))
+    # recorded runs are not run again (their folder is not made anew); --report-only rebuilds the
+    # same page from the CSVs alone
     shutil.rmtree(tmp_path / "runs")
-    main([*paths, "--jobs", "2"])
+    evidence(*paths, "--jobs", "2")
+    assert not (tmp_path / "runs").exists()
     (tmp_path / "RESULTS.md").write_text("stale")
-    main([*paths, "--report-only"])
+    evidence(*paths, "--report-only")
     assert (tmp_path / "RESULTS.md").read_text() == page
 
 
@@ -69,7 +79,7 @@ def test_a_tiny_claim_runs_end_to_end_and_the_page_comes_from_the_csvs(tmp_path,
     ({"kind": "sweep"}, r"kind 'sweep' is not one of"),
 ])
 def test_a_bad_list_is_refused_naming_the_entry_before_anything_runs(tmp_path, capsys, monkeypatch, change, message):
-    monkeypatch.setattr(evidence, "run_many", lambda *a, **k: pytest.fail("ran something"))
+    monkeypatch.setattr(evidence_csvs, "run_many", lambda *a, **k: pytest.fail("ran something"))
     paths = write_spec(tmp_path, {**TINY_CLAIM, **change})
     with pytest.raises(SystemExit):
         main(paths)
@@ -79,12 +89,12 @@ def test_a_bad_list_is_refused_naming_the_entry_before_anything_runs(tmp_path, c
 
 
 def test_results_made_with_other_overrides_are_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(evidence, "run_many", lambda *a, **k: pytest.fail("ran something"))
+    monkeypatch.setattr(evidence_csvs, "run_many", lambda *a, **k: pytest.fail("ran something"))
     paths = write_spec(tmp_path, TINY_CLAIM)
-    experiment = evidence.load_spec(tmp_path / "evidence.yaml")[1][0]
-    results = evidence.Results(tmp_path / "results" / "evidence")
+    experiment = evidence_csvs.load_spec(tmp_path / "evidence.yaml")[1][0]
+    results = evidence_csvs.Results(tmp_path / "results" / "evidence")
     other = [*experiment.overrides("magpo", 0), "algorithm.delta=3"]
-    results.add(evidence.machine_row("tiny_balance", "magpo", 0, other, 1, 1), "curves", [])
+    results.add(evidence_csvs.machine_row("tiny_balance", "magpo", 0, other, 1, 1), "curves", [])
     results.save()
     before = (tmp_path / "results" / "evidence" / "runs.csv").read_text()
     with pytest.raises(SystemExit):
@@ -98,6 +108,6 @@ def test_the_committed_page_is_what_the_committed_csvs_give(tmp_path):
     """``python benchmarks/evidence.py --report-only`` changes nothing in a clean checkout."""
     copy = tmp_path / "benchmarks"
     shutil.copytree(REPO / "benchmarks" / "results" / "evidence", copy / "results" / "evidence")
-    main(["--spec", str(REPO / "benchmarks" / "evidence.yaml"), "--results", str(copy / "results" / "evidence"),
-          "--page", str(copy / "RESULTS.md"), "--report-only"])
+    evidence("--spec", str(REPO / "benchmarks" / "evidence.yaml"), "--results", str(copy / "results" / "evidence"),
+             "--page", str(copy / "RESULTS.md"), "--report-only")
     assert (copy / "RESULTS.md").read_text() == (REPO / "benchmarks" / "RESULTS.md").read_text()
