@@ -15,7 +15,7 @@ import argparse
 import torch
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
-from torchrl.collectors import SyncDataCollector
+from torchrl.collectors import Collector
 from torchrl.data import Composite, LazyTensorStorage, SamplerWithoutReplacement, TensorDictReplayBuffer
 from torchrl.envs import RewardSum, TransformedEnv
 from torchrl.envs.libs.vmas import VmasEnv
@@ -113,7 +113,7 @@ def main(argv=None) -> list[tuple[int, float]]:
         "loss_learner": torch.optim.Adam(learner.parameters(), args.lr),
         "loss_critic": torch.optim.Adam(critic.parameters(), args.lr),
     }
-    collector = SyncDataCollector(env, guider_collect, frames_per_batch=args.frames_per_batch, total_frames=args.frames, device=args.device)
+    collector = Collector(env, guider_collect, frames_per_batch=args.frames_per_batch, total_frames=args.frames, device=args.device)
     buffer = TensorDictReplayBuffer(
         storage=LazyTensorStorage(args.frames_per_batch, device=args.device), sampler=SamplerWithoutReplacement(),
         batch_size=args.minibatch,
