@@ -31,15 +31,17 @@ def stamp(results: Results, experiment: Experiment) -> str:
     """Where the numbers of ``experiment`` come from: runs per commit and date, machine, versions,
     torch threads and runs at a time (from ``runs.csv``)."""
     rows = [r for r in results.runs if r["experiment"] == experiment.name]
+    planned = sum(len(seeds) for seeds in experiment.presets.values()) * max(1, len(experiment.agents))
     if not rows:
-        return "No runs yet."
+        return (f"None of the {planned} planned runs is recorded yet; `python benchmarks/evidence.py --only "
+                f"{experiment.name}` runs them.")
     by_source: dict[tuple[str, str], list[str]] = {}
     for row in rows:
         by_source.setdefault((row["commit"], row["date"]), []).append(f"{row['preset']} {row['seed']}")
     sources = "; ".join(f"{len(runs)} at {commit} ({date})" for (commit, date), runs in sorted(by_source.items()))
     facts = sorted({(r["machine"], r["versions"], r["threads"], r["concurrent"]) for r in rows})
     machines = "; ".join(f"{m}, {v}, {t} torch thread(s), {c} run(s) at a time" for m, v, t, c in facts)
-    return f"Runs: {sources}. Machine: {machines}."
+    return f"Runs ({len(rows)} of {planned} planned): {sources}. Machine: {machines}."
 
 
 def final_values(curves: dict[int, list[tuple[float, float]]]) -> dict[int, float]:
@@ -90,8 +92,7 @@ class TrainingTable:
 
     def lines(self, figure: Path, page_dir: Path) -> list[str]:
         if not self.learner:
-            return ["No runs of this experiment are recorded yet; `python benchmarks/evidence.py --only "
-                    f"{self.experiment.name}` runs them.", ""]
+            return []
         lines = ["| policy | seeds | final return [95% CI] | per seed | AUC [95% CI] | IQM of final [95% CI] |",
                  "| --- | --- | --- | --- | --- | --- |"]
         for preset in self.learner:
@@ -151,7 +152,7 @@ def verdict_c1(results: Results, experiment: Experiment) -> tuple[str, list[str]
     half'), and MAGPO's lead over CTDS (paired by seed) has a 95% CI above 0."""
     rows = [r for r in results.didactic if r["experiment"] == experiment.name]
     if not rows:
-        return "not run", ["No runs recorded yet."]
+        return "not tested here", ["No runs recorded yet."]
     learner = {p: {int(r["seed"]): float(r["learner_success"]) for r in rows if r["preset"] == p} for p in experiment.presets}
     guider = {p: {int(r["seed"]): float(r["guider_success"]) for r in rows if r["preset"] == p} for p in experiment.presets}
     lines = ["| method | seeds | learner success [95% CI] | per seed | guider success [95% CI] |",
@@ -187,7 +188,7 @@ def verdict_c2(table: TrainingTable) -> tuple[str, list[str]]:
     below its teacher; otherwise undecided at this budget."""
     gaps, lead = imitation_figures(table)
     if "ctds" not in gaps or "magpo" not in table.learner or "ctds" not in table.learner:
-        return "not run", ["MAGPO's and CTDS's runs (with their guiders' evaluations) are not all recorded yet."]
+        return "not tested here", ["MAGPO's and CTDS's runs (with their guiders' evaluations) are not all recorded yet."]
     lines = ["| figure (final return, paired by seed) | mean [95% CI] | seeds |", "| --- | --- | --- |"]
     for preset, gap in gaps.items():
         lines.append(f"| {preset}: learner minus its own guider (imitation gap) | {signed_cell(gap)} | {len(gap)} |")
@@ -225,7 +226,7 @@ def verdict_c3(tables: list[TrainingTable]) -> tuple[str, list[str]]:
                          f"{improvement_cell(list(table.final('magpo').values()), list(table.final(baseline).values()))} | "
                          f"{where} |")
     if not outcomes:
-        return "not run", ["No task has both MAGPO's and a decentralized baseline's runs recorded yet."]
+        return "not tested here", ["No task has both MAGPO's and a decentralized baseline's runs recorded yet."]
     reached = reach_lines(tables)
     lines += ["", *reached]
     behind = [task for task, where in outcomes.items() if "below" in where]
@@ -265,7 +266,7 @@ def verdict_c4(table: TrainingTable) -> tuple[str, list[str]]:
     paired final difference above 0) on this task, where the paper finds small deltas help."""
     deltas = [p for p in table.learner if "delta=" in p]
     if len(deltas) < 2:
-        return "not run", ["The delta sweep's runs are not recorded yet."]
+        return "not tested here", ["The delta sweep's runs are not recorded yet."]
     value = lambda p: float(p.split("delta=")[1].split("+")[0])  # noqa: E731
     small, large = min(deltas, key=value), max(deltas, key=value)
     difference = paired(table.final(small), table.final(large))
@@ -279,7 +280,7 @@ def verdict_c5(results: Results, experiment: Experiment) -> tuple[str, list[str]
     on log-log): 'linear' when k <= 1.2 for every method, else which methods grow faster."""
     rows = [r for r in results.scaling if r["experiment"] == experiment.name]
     if not rows:
-        return "not run", ["No runs recorded yet."]
+        return "not tested here", ["No runs recorded yet."]
     agents = sorted({int(r["n_agents"]) for r in rows})
     lines = ["| method | " + " | ".join(f"n = {n}: s / iteration (MB)" for n in agents) + " | growth exponent k |",
              "| --- |" + " --- |" * (len(agents) + 1)]
@@ -349,17 +350,20 @@ def claim_sections(claims: dict, experiments: list[Experiment], results: Results
             parts = [(t.experiment.task, *verdict_c2(t)) for t in tables]
             detail = [line for task, _, body in parts for line in [f"**{task}:**", "", *body, ""]]
             decided = {v for _, v, _ in parts}
-            verdict = "; ".join(f"{task}: {v}" for task, v, _ in parts) if len(decided) > 1 else (decided.pop() if decided else "not run")
+            if len(decided) > 1:
+                verdict = "; ".join(f"{task}: {v}" for task, v, _ in parts)
+            else:
+                verdict = decided.pop() if decided else "not tested here"
         elif kind == "decentralized":
             verdict, detail = verdict_c3(tables)
         elif kind == "delta":
-            verdict, detail = verdict_c4(tables[0]) if tables else ("not run", [])
+            verdict, detail = verdict_c4(tables[0]) if tables else ("not tested here", [])
         elif kind == "scaling":
             verdict, detail = verdict_c5(results, own[0])
         else:
             verdict, detail = verdict_vmas(tables)
         note = about.get("verdict_note", "").strip()
-        lines += [*detail, f"**Verdict: {verdict}.** " + note, ""]
+        lines += [*detail, "", f"**Verdict: {verdict}.** " + " ".join(note.split()), ""]
         summary.append((claim, about["title"], verdict))
     return lines, summary
 
@@ -381,6 +385,7 @@ def _anchor(title: str) -> str:
 
 def main(argv=None) -> None:
     import argparse
+    import dataclasses
 
     from benchmarl_ext.evidence import (
         SpecError,
@@ -403,6 +408,8 @@ def main(argv=None) -> None:
     parser.add_argument("--page", type=Path, default=Path("benchmarks/RESULTS.md"))
     parser.add_argument("--only", action="append", default=[], metavar="EXPERIMENT",
                         help="run only these experiments (repeatable); the page still covers all")
+    parser.add_argument("--preset", action="append", default=[], metavar="PRESET",
+                        help="run only these presets of the chosen experiments (repeatable); the page still covers all")
     parser.add_argument("--report-only", action="store_true", help="run nothing: rebuild the page from the CSVs")
     parser.add_argument("--record-finished", action="store_true",
                         help="launch nothing: record the training runs already finished in --runs with the list's "
@@ -425,6 +432,13 @@ def main(argv=None) -> None:
         results = Results(args.results)
         if not args.report_only:
             chosen = [e for e in experiments if not args.only or e.name in args.only]
+            if args.preset:
+                offered = {p for e in chosen for p in e.presets}
+                unknown = [p for p in args.preset if p not in offered]
+                if unknown:
+                    raise SpecError(f"--preset: {unknown} is not a preset of the chosen experiments: {sorted(offered)}")
+                chosen = [dataclasses.replace(e, presets={p: s for p, s in e.presets.items() if p in args.preset})
+                          for e in chosen if set(e.presets) & set(args.preset)]
             check_against_configs(chosen)
             check_consistency(chosen, results, args.runs)
     except SpecError as error:

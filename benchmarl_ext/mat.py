@@ -12,7 +12,7 @@ learner knowing that.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from typing import Type
 
 from benchmarl.algorithms.common import Algorithm
@@ -62,10 +62,11 @@ class Mat(Mappo):
 class MatConfig(MappoConfig):
     """Configuration of :class:`Mat`; every field is documented in ``conf/algorithm/mat.yaml``."""
 
-    embed_dim: int = 64
-    heads: int = 4
-    layers: int = 1
-    agent_order: str = "random"
+    # the values live in conf/algorithm/mat.yaml, as BenchMARL keeps them
+    embed_dim: int = MISSING
+    heads: int = MISSING
+    layers: int = MISSING
+    agent_order: str = MISSING
 
     def __post_init__(self):
         for name in ("embed_dim", "heads", "layers"):
