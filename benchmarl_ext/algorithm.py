@@ -29,6 +29,7 @@ from torchrl.data import Composite, Unbounded
 from torchrl.envs import Compose, EnvBase, InitTracker, TensorDictPrimer, TransformedEnv
 from torchrl.objectives import ValueEstimators
 
+from benchmarl_ext.checks import check_ppo_fields
 from benchmarl_ext.magpo_hooks import (
     AdaptiveDelta,
     GuiderBacktrack,
@@ -341,10 +342,7 @@ class MagpoConfig(MappoConfig):
             )
         if self.clip_value is not None and not self.clip_value > 0:
             raise ValueError(f"algorithm.clip_value must be > 0 or null, got {self.clip_value}")
-        if not self.entropy_coef >= 0:
-            raise ValueError(f"algorithm.entropy_coef must be >= 0, got {self.entropy_coef}")
-        if not 0 <= self.lmbda <= 1:
-            raise ValueError(f"algorithm.lmbda must be in [0, 1], got {self.lmbda}")
+        check_ppo_fields(self)
 
     def check_model(self, model_config: ModelConfig) -> None:
         """Refuse a learner model the guider cannot serve (called before anything is built).

@@ -139,3 +139,46 @@ def check_experiment_config(config, on_policy: bool) -> None:
         _fail("loggers", f"a list of distinct names from {list(LOGGERS)}", config.loggers)
     if not isinstance(config.project_name, str) or not config.project_name:
         _fail("project_name", "a non-empty string", config.project_name)
+
+
+CRITIC_LOSSES = ("l1", "l2", "smooth_l1")
+
+
+def check_ppo_fields(config) -> None:
+    """Range checks of the PPO-family fields that BenchMARL's MAPPO and IPPO configs, and MAGPO's
+    and MAT's (which extend MAPPO's), share; fields a config does not have are skipped. BenchMARL
+    checks none of them: a bad critic loss fails once the environments are built, a bad clip or
+    lambda trains on nonsense."""
+
+    def number(name: str) -> float | None:
+        value = getattr(config, name, None)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+            raise ValueError(f"algorithm.{name} must be a finite number, got {value!r}")
+        return value
+
+    clip = number("clip_epsilon")
+    if clip is not None and not 0 < clip < 1:
+        raise ValueError(f"algorithm.clip_epsilon must be in (0, 1), got {clip}")
+    for name in ("entropy_coef", "critic_coef"):
+        value = number(name)
+        if value is not None and value < 0:
+            raise ValueError(f"algorithm.{name} must be >= 0, got {value}")
+    lmbda = number("lmbda")
+    if lmbda is not None and not 0 <= lmbda <= 1:
+        raise ValueError(f"algorithm.lmbda must be in [0, 1], got {lmbda}")
+    critic_loss = getattr(config, "loss_critic_type", None)
+    if critic_loss is not None and critic_loss not in CRITIC_LOSSES:
+        raise ValueError(f"algorithm.loss_critic_type must be one of {CRITIC_LOSSES}, got {critic_loss!r}")
+    scale_mapping = getattr(config, "scale_mapping", None)
+    if scale_mapping is not None:
+        from torchrl.modules.utils import mappings
+
+        try:
+            mappings(scale_mapping)
+        except (NotImplementedError, ValueError, TypeError):
+            raise ValueError(
+                f"algorithm.scale_mapping must be softplus, exp, relu, biased_softplus_<bias> or another of TorchRL's "
+                f"mappings, got {scale_mapping!r}"
+            ) from None

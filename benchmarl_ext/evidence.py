@@ -33,7 +33,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from benchmarl_ext import protocol
 from benchmarl_ext.plots import frames_of, read_scalar
 from benchmarl_ext.runs import code_commit, finished_run, run_many, run_overrides

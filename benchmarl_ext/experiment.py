@@ -46,7 +46,7 @@ from benchmarl.utils import seed_everything
 from tensordict import TensorDictBase
 
 from benchmarl_ext.checkpoints import read_checkpoint, rng_state, save_atomically, set_rng_state, trim_scalar_logs
-from benchmarl_ext.checks import check_experiment_config
+from benchmarl_ext.checks import check_experiment_config, check_ppo_fields
 from benchmarl_ext.plots import area_under_curve
 from benchmarl_ext.task_checks import check_task
 
@@ -190,6 +190,7 @@ class MagpoExperiment(Experiment):
     def __init__(self, task, algorithm_config, model_config, seed, config, critic_model_config=None, callbacks=None,
                  absolute_metric_episodes: int = 0, compile_networks: bool = False):
         check_experiment_config(config, algorithm_config.on_policy())
+        check_ppo_fields(algorithm_config)  # BenchMARL's MAPPO and IPPO check none of theirs
         if not isinstance(compile_networks, bool):
             raise ValueError(f"compile_networks must be true or false, got {compile_networks!r}")
         self.compile_networks = compile_networks

@@ -21,6 +21,7 @@ from benchmarl.models.common import ModelConfig
 from tensordict.nn import TensorDictModule, TensorDictModuleBase
 
 from benchmarl_ext.algorithm import guider_for_group
+from benchmarl_ext.checks import check_ppo_fields
 from magpo.guiders import AGENT_ORDERS
 
 log = logging.getLogger(__name__)
@@ -78,12 +79,7 @@ class MatConfig(MappoConfig):
         served = [order for order in AGENT_ORDERS if order != "per_epoch"]
         if self.agent_order not in served:
             raise ValueError(f"algorithm.agent_order must be one of {served} for mat, got {self.agent_order!r}")
-        if not 0 < self.clip_epsilon < 1:
-            raise ValueError(f"algorithm.clip_epsilon must be in (0, 1), got {self.clip_epsilon}")
-        if not self.entropy_coef >= 0:
-            raise ValueError(f"algorithm.entropy_coef must be >= 0, got {self.entropy_coef}")
-        if not 0 <= self.lmbda <= 1:
-            raise ValueError(f"algorithm.lmbda must be in [0, 1], got {self.lmbda}")
+        check_ppo_fields(self)
 
     @staticmethod
     def associated_class() -> Type[Algorithm]:

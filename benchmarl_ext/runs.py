@@ -125,10 +125,15 @@ def code_commit() -> str:
     """The checkout's short commit, with ``+local`` when the code a run executes (not docs or
     results) has uncommitted changes; run from the checkout."""
     code = ["magpo", "kernels", "benchmarl_ext", "conf", "hydra_plugins", "benchmarks/evidence.yaml"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *code], capture_output=True,
-                           text=True).stdout
-    return (commit or "unknown") + ("+local" if dirty.strip() else "")
+
+    def git(*args: str) -> str:
+        with subprocess.Popen(["git", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
+            return process.communicate()[0].strip() if process.wait() == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:  # not a git checkout
+        return "unknown"
+    return commit + ("+local" if git("status", "--porcelain", "--untracked-files=no", "--", *code) else "")
 
 
 def random_policy_return(overrides: list[str], episodes: int = 200, seed: int = 0) -> float:

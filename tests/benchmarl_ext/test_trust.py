@@ -296,6 +296,13 @@ BAD_VALUES = [
     (["absolute_metric_episodes=2.5"], "absolute_metric_episodes"),
     (["absolute_metric_episodes=8", "experiment.evaluation=false"], "absolute_metric_episodes"),
     (["compile_networks=2"], "compile_networks"),
+    # BenchMARL's own MAPPO and IPPO configs check none of their fields: ours do (checks.check_ppo_fields)
+    (["algorithm=mappo", "algorithm.loss_critic_type=l3"], "algorithm.loss_critic_type"),
+    (["algorithm=mappo", "algorithm.clip_epsilon=1.5"], "algorithm.clip_epsilon"),
+    (["algorithm=ippo", "algorithm.lmbda=1.5"], "algorithm.lmbda"),
+    (["algorithm=ippo", "algorithm.scale_mapping=square"], "algorithm.scale_mapping"),
+    (["algorithm=mat", "algorithm.critic_coef=-1"], "algorithm.critic_coef"),
+    (["algorithm=magpo", "algorithm.loss_critic_type=l3"], "algorithm.loss_critic_type"),
     (["task.memory=global"], "task.memory"),  # task.* rows run on coordsum/3x10
     (["task.n_agents=1"], "task.n_agents"),
     (["task.time_limit=0"], "task.time_limit"),
