@@ -139,9 +139,14 @@ class TrainingTable:
 
 
 def _seed_range(curves: dict) -> str:
-    seeds = sorted(curves)
-    return f"{len(seeds)} ({seeds[0]}-{seeds[-1]})" if seeds == list(range(seeds[0], seeds[-1] + 1)) else \
-        f"{len(seeds)} ({', '.join(map(str, seeds))})"
+    """``"5 (0-4)"``: how many seeds and which."""
+    runs: list[list[int]] = []
+    for seed in sorted(curves):
+        if runs and seed == runs[-1][1] + 1:
+            runs[-1][1] = seed
+        else:
+            runs.append([seed, seed])
+    return f"{len(curves)} ({', '.join(f'{a}-{b}' if a != b else f'{a}' for a, b in runs)})"
 
 
 # ------------------------------------------------------------------------------ verdicts
