@@ -241,7 +241,7 @@ def verdict_c3(tables: list[TrainingTable]) -> tuple[str, list[str]]:
         verdict = "not reproduced"
     else:
         verdict = "mixed"
-    return verdict, lines
+    return f"{verdict} (MAGPO below a baseline on {len(behind)} of {len(outcomes)} tasks tested)", lines
 
 
 def reach_lines(tables: list[TrainingTable]) -> list[str]:
