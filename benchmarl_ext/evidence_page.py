@@ -282,7 +282,9 @@ def verdict_c4(table: TrainingTable) -> tuple[str, list[str]]:
 
 def verdict_c5(results: Results, experiment: Experiment) -> tuple[str, list[str]]:
     """The growth exponent k of seconds per iteration against the number of agents (least squares
-    on log-log): 'linear' when k <= 1.2 for every method, else which methods grow faster."""
+    on log-log) of every method, and each guided method's time against MAPPO's at every n. The
+    guider's cost 'grows no faster than MAPPO' when its k is within 0.1 of MAPPO's: the
+    environment's own cost in n (collisions, observations) is common to all methods."""
     rows = [r for r in results.scaling if r["experiment"] == experiment.name]
     if not rows:
         return "not tested here", ["No runs recorded yet."]
@@ -304,8 +306,20 @@ def verdict_c5(results: Results, experiment: Experiment) -> tuple[str, list[str]
               "alone on the machine, one torch thread; MB: the process's peak resident memory. k: time grows as n^k "
               "(least squares on log-log over the n measured). The batch holds the same number of environment steps "
               "at every n, so each iteration carries n agent-steps per environment step.", ""]
-    faster = [p for p, k in exponents.items() if k > 1.2]
-    return ("linear" if not faster else f"faster than linear for {', '.join(faster)}"), lines
+    base = {int(r["n_agents"]): float(r["seconds_per_iteration"]) for r in rows if r["preset"] == "mappo"}
+    guided = [p for p in exponents if p != "mappo"]
+    if not base or not guided:
+        return "measured", lines
+    for preset in guided:
+        mine = {int(r["n_agents"]): float(r["seconds_per_iteration"]) for r in rows if r["preset"] == preset}
+        ratios = ", ".join(f"{mine[n] / base[n]:.2f}x at n = {n}" for n in agents if n in mine and n in base)
+        lines.append(f"{preset} against MAPPO: {ratios}.")
+    faster = [p for p in guided if exponents[p] > exponents["mappo"] + 0.1]
+    lines.append("")
+    if faster:
+        return f"grows faster than MAPPO for {', '.join(faster)}", lines
+    return (f"grows no faster than MAPPO (k {min(exponents[p] for p in guided):.2f}-{max(exponents[p] for p in guided):.2f} "
+            f"against MAPPO's {exponents['mappo']:.2f}; the task's own cost sets the growth)"), lines
 
 
 def verdict_vmas(tables: list[TrainingTable]) -> tuple[str, list[str]]:
