@@ -398,13 +398,6 @@ def curves_of(results: Results, experiment: str, preset: str, policy: str = "lea
     return {seed: sorted(points) for seed, points in sorted(out.items())}
 
 
-def auc(points: list[tuple[float, float]]) -> float:
-    """Trapezoid mean of the curve over frames (the area under it divided by its span)."""
-    from benchmarl_ext.plots import area_under_curve
-
-    return area_under_curve(points)
-
-
 def cell(values, digits: int = 2) -> str:
     """``mean [low, high]``: the mean over seeds and its 95% percentile bootstrap CI."""
     if len(values) == 0:

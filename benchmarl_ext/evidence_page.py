@@ -15,7 +15,6 @@ from benchmarl_ext import protocol
 from benchmarl_ext.evidence import (
     Experiment,
     Results,
-    auc,
     cell,
     curves_of,
     direction,
@@ -23,6 +22,7 @@ from benchmarl_ext.evidence import (
     paired,
     signed_cell,
 )
+from benchmarl_ext.plots import area_under_curve
 
 REPS = 5_000
 
@@ -49,7 +49,7 @@ def final_values(curves: dict[int, list[tuple[float, float]]]) -> dict[int, floa
 
 
 def auc_values(curves: dict[int, list[tuple[float, float]]]) -> dict[int, float]:
-    return {seed: auc(points) for seed, points in curves.items()}
+    return {seed: area_under_curve(points) for seed, points in curves.items()}
 
 
 def iqm_cell(values) -> str:
@@ -422,7 +422,7 @@ def main(argv=None) -> None:
     parser.add_argument("--spec", type=Path, default=Path("benchmarks/evidence.yaml"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/evidence"),
                         help="the committed per-seed CSVs (and the figures)")
-    parser.add_argument("--runs", type=Path, default=Path("benchmarks/results/runs/evidence"),
+    parser.add_argument("--runs", type=Path, default=Path("outputs/evidence"),
                         help="where runs are made (not committed)")
     parser.add_argument("--page", type=Path, default=Path("benchmarks/RESULTS.md"))
     parser.add_argument("--only", action="append", default=[], metavar="EXPERIMENT",

@@ -160,9 +160,10 @@ class NonFiniteTrainingLoss(RuntimeError):
 
 
 def _finite_losses_hook(group: str):
-    """A forward hook for a group's loss module (any algorithm's): the run stops at the first
-    non-finite ``loss_*`` term, naming it, before it reaches an optimizer, instead of training
-    on NaN. (MAGPO's own loss raises first, with the cause it can see.)"""
+    """A forward hook for a group's loss module (any algorithm whose loss does not check itself, as
+    MAGPO's does, with the cause it can see): the run stops at the first non-finite ``loss_*``
+    term, naming it, before it reaches an optimizer, instead of training on NaN. One host sync
+    per minibatch."""
 
     def hook(module, args, out) -> None:
         terms = {key: out.get(key) for key in out.keys() if isinstance(key, str) and key.startswith("loss_")}
@@ -235,7 +236,8 @@ class MagpoExperiment(Experiment):
             networks = [v for loss in self.losses.values() for v in vars(loss).values() if isinstance(v, torch.nn.Module)]
             compile_feed_forward(networks)  # the collection and evaluation policies are these modules too
         for group, loss in self.losses.items():
-            loss.register_forward_hook(_finite_losses_hook(group))
+            if not getattr(loss, "check_finite", False):  # MAGPO's loss checks itself, with the cause
+                loss.register_forward_hook(_finite_losses_hook(group))
         # The algorithm's own schedules. BenchMARL pickled the run's callbacks before building the
         # algorithm (_setup_name), so these are not among them and a reloaded run is not given them twice.
         training_hooks = getattr(self.algorithm, "training_hooks", None)

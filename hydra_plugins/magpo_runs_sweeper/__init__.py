@@ -8,7 +8,7 @@ magpo_local``, ``magpo_slurm``, ``magpo_ray`` or Hydra's basic one), so the benc
 scale out on the same engines as ``benchmarl run -m``:
 
     benchmarl run -m hydra/sweeper=magpo_runs hydra.sweeper.runs_file=runs.json \\
-        hydra/launcher=magpo_local hydra.launcher.n_jobs=2 hydra.sweep.dir=benchmarks/results/x/runs
+        hydra/launcher=magpo_local hydra.launcher.n_jobs=2 hydra.sweep.dir=outputs/x
 
 The file holds ``[{"name": str, "overrides": [str, ...]}, ...]``; run ``name`` is written to
 ``<hydra.sweep.dir>/<name>``, and the command line's own overrides apply to every run.
