@@ -29,6 +29,12 @@ from torchrl.data import Composite, Unbounded
 from torchrl.envs import Compose, EnvBase, InitTracker, TensorDictPrimer, TransformedEnv
 from torchrl.objectives import ValueEstimators
 
+from benchmarl_ext.agent_by_agent import (
+    AgentByAgentUpdate,
+    refuse_shared_actors,
+    stored_action_log_prob,
+    with_preceding_ratio,
+)
 from benchmarl_ext.checks import check_ppo_fields
 from benchmarl_ext.magpo_hooks import (
     AdaptiveDelta,
@@ -39,6 +45,8 @@ from benchmarl_ext.magpo_hooks import (
 )
 from magpo import DeltaSchedule, LossOptions, MAGPOLoss
 from magpo.guiders import AGENT_ORDERS, EPISODE_START_KEY, GUIDER_KINDS, GUIDER_MEMORIES, make_guider
+
+LEARNER_UPDATES = ("parallel", "sequential")
 
 
 def guider_for_group(algorithm: Mappo, group: str, continuous: bool, kind: str, **options):
@@ -67,7 +75,7 @@ class Magpo(Mappo):
         loss_options: the loss hyperparameters, built and validated once by the config.
         delta_schedule: how delta adapts between iterations (``delta: auto``), or None (fixed).
         guider, guider_memory, guider_embed_dim, guider_heads, guider_layers, guider_lr,
-        guider_warmup_frames, agent_order, backtrack, normalize_advantage, clip_value.
+        guider_warmup_frames, agent_order, backtrack, normalize_advantage, clip_value, learner_update.
     """
 
     def __init__(
@@ -85,6 +93,7 @@ class Magpo(Mappo):
         backtrack: bool,
         normalize_advantage: bool,
         clip_value: Optional[float],
+        learner_update: str,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -111,6 +120,8 @@ class Magpo(Mappo):
         self.backtrack_enabled = backtrack
         self.normalize_advantage = normalize_advantage
         self.clip_value = clip_value
+        self.learner_update = learner_update
+        self._updates: dict[str, AgentByAgentUpdate] = {}
         self._learners: dict[str, TensorDictModule] = {}
         self._guider_cores: dict[str, torch.nn.Module] = {}
         self._guider_samplers: dict[str, TensorDictModuleBase] = {}
@@ -245,10 +256,33 @@ class Magpo(Mappo):
             "loss_critic": list(loss.critic_network_params.flatten_keys().values()),
         }
 
+    def process_batch(self, group: str, batch: TensorDictBase) -> TensorDictBase:
+        batch = super().process_batch(group, batch)
+        return with_preceding_ratio(batch) if self.learner_update == "sequential" else batch
+
+    def agent_by_agent_update(self, group: str) -> Optional[AgentByAgentUpdate]:
+        """``learner_update=sequential``: the learners of ``group`` take their turns one after another
+        in a fresh random order; the guider and the critic take their epochs in the first turn.
+        None (the paper's parallel update) otherwise."""
+        if self.learner_update != "sequential":
+            return None
+        if group not in self._updates:
+            loss = self.get_loss_and_updater(group)[0]
+            self._updates[group] = AgentByAgentUpdate(
+                len(self.group_map[group]), "random", stored_action_log_prob(loss, "learner", group),
+                per_agent_loss="loss_learner", first_turn_only=("loss_guider", "loss_critic"),
+                on_turn=lambda agent, position: None, advantage_key=(group, "advantage"),
+            )
+        return self._updates[group]
+
     def process_loss_vals(self, group: str, loss_vals: TensorDictBase) -> TensorDictBase:
         # the entropy bonus trains the guider: step it with the guider's optimizer
         loss_vals.set("loss_guider", loss_vals["loss_guider"] + loss_vals["loss_entropy"])
         del loss_vals["loss_entropy"]
+        update = self.agent_by_agent_update(group)
+        if update is not None:
+            for name in set(loss_vals.keys()) - set(update.loss_names_to_step(loss_vals.keys())):
+                del loss_vals[name]
         return loss_vals
 
 
@@ -283,6 +317,7 @@ class MagpoConfig(MappoConfig):
     normalize_advantage: bool = MISSING
     clip_value: Optional[float] = MISSING
     backend: str = MISSING
+    learner_update: str = MISSING
 
     def __post_init__(self):
         self.delta_schedule = None
@@ -342,7 +377,14 @@ class MagpoConfig(MappoConfig):
             )
         if self.clip_value is not None and not self.clip_value > 0:
             raise ValueError(f"algorithm.clip_value must be > 0 or null, got {self.clip_value}")
+        if self.learner_update not in LEARNER_UPDATES:
+            raise ValueError(f"algorithm.learner_update must be one of {LEARNER_UPDATES}, got {self.learner_update!r}")
         check_ppo_fields(self)
+
+    def check_experiment(self, config) -> None:
+        """Sequential learners need one learner per agent (called before anything is built)."""
+        if self.learner_update == "sequential":
+            refuse_shared_actors(config, "algorithm.learner_update=sequential")
 
     def check_model(self, model_config: ModelConfig) -> None:
         """Refuse a learner model the guider cannot serve (called before anything is built).

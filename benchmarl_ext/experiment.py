@@ -21,6 +21,9 @@ behaviour MAGPO needs, and the checks and resume guarantees every run deserves
   after the checkpoint, so steps are not repeated.
 * An algorithm's own schedules (MAGPO's: :mod:`benchmarl_ext.magpo_hooks`) are callbacks that
   it hands over through ``training_hooks()``; they are added once the algorithm is built.
+* An algorithm that updates its agents one at a time (HAPPO, A2PO, MAGPO's sequential learners)
+  offers ``agent_by_agent_update(group)``: that group's optimizer calls go through it
+  (:mod:`benchmarl_ext.agent_by_agent`).
 * ``compile_networks=true``: ``torch.compile`` of every feed-forward network of the policies and
   critics (:func:`compile_feed_forward`), for any algorithm.
 * The absolute metric (``absolute_metric_episodes=N``, the field's protocol, Gorsane et al. 2022):
@@ -207,6 +210,9 @@ class MagpoExperiment(Experiment):
         check_model = getattr(algorithm_config, "check_model", None)  # MAGPO's guider refuses some learners
         if check_model is not None:
             check_model(model_config)
+        check_experiment = getattr(algorithm_config, "check_experiment", None)  # e.g. per-agent actors
+        if check_experiment is not None:
+            check_experiment(config)
         task = task.get_task() if isinstance(task, Task) else task
         with random_streams_kept():  # the probe environment draws from no stream the run uses
             check_task(task, config.prefer_continuous_actions and task.supports_continuous_actions())
@@ -244,6 +250,16 @@ class MagpoExperiment(Experiment):
         for hook in training_hooks() if training_hooks is not None else []:
             hook.experiment = self
             self.callbacks.append(hook)
+
+    def _optimizer_loop(self, group: str) -> TensorDictBase:
+        agent_by_agent = getattr(self.algorithm, "agent_by_agent_update", None)
+        update = agent_by_agent(group) if agent_by_agent is not None else None
+        if update is None:
+            return super()._optimizer_loop(group)
+        slots = self.config.n_optimizer_steps(self.on_policy) * -(
+            -self.config.train_batch_size(self.on_policy) // self.config.train_minibatch_size(self.on_policy))
+        return update.optimizer_call(lambda: super(MagpoExperiment, self)._optimizer_loop(group),
+                                     self.replay_buffers[group], self.optimizers[group], slots)
 
     def _deployed_policy(self):
         """The policy that ``eval/...`` evaluates: the algorithm's decentralized learner where it

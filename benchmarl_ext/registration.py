@@ -1,4 +1,4 @@
-"""Makes ``magpo``, ``ctds`` and ``mat`` BenchMARL algorithms and ``coordsum/*`` BenchMARL tasks: fills
+"""Makes ``magpo``, ``ctds``, ``mat``, ``happo`` and ``a2po`` BenchMARL algorithms and ``coordsum/*`` BenchMARL tasks: fills
 BenchMARL's registries and Hydra's ConfigStore (the ``<name>_config`` schema nodes that the YAML
 in ``conf/algorithm`` and ``conf/task`` extends)."""
 
@@ -14,12 +14,14 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
 from omegaconf import OmegaConf
 
+from benchmarl_ext.a2po import A2poConfig
 from benchmarl_ext.algorithm import CtdsConfig, MagpoConfig
+from benchmarl_ext.happo import HappoConfig
 from benchmarl_ext.mat import MatConfig
 from benchmarl_ext.tasks import TASK_CONFIGS, TASKS
 from hydra_plugins.magpo_runs_sweeper import RunListSweeper
 
-ALGORITHMS = {"magpo": MagpoConfig, "ctds": CtdsConfig, "mat": MatConfig}
+ALGORITHMS = {"magpo": MagpoConfig, "ctds": CtdsConfig, "mat": MatConfig, "happo": HappoConfig, "a2po": A2poConfig}
 
 
 def frames_per_minibatch(frames_per_batch: int, minibatches: int) -> int:

@@ -35,6 +35,7 @@ import magpo_kernels
 from magpo_kernels import LossOptions, MAGPOLossTerms
 
 from .guiders import AnchoredGuider
+from .sequential import PRECEDING_RATIO_KEY
 
 __all__ = ["GuiderClipLoss", "LearnerKLPPOLoss", "LossOptions", "MAGPOLoss", "NonFiniteLossError"]
 
@@ -252,11 +253,26 @@ class _GuidedPPOLoss(PPOLoss):
             mask = g_second if l_second is None else (l_second if g_second is None else g_second & l_second)
             if mask is not None:
                 mask = mask.expand(g_first.shape)
-            return magpo_kernels.magpo_loss_categorical(g_first, l_first, action, behavior, advantage, self.options, action_mask=mask)
-        return magpo_kernels.magpo_loss_normal(
-            g_first, g_second.expand_as(g_first), l_first, l_second.expand_as(l_first), action, behavior, advantage,
-            self.options,
-        )
+
+            def kernel(advantage: Tensor) -> magpo_kernels.MAGPOLossTerms:
+                return magpo_kernels.magpo_loss_categorical(g_first, l_first, action, behavior, advantage, self.options,
+                                                            action_mask=mask)
+        else:
+            def kernel(advantage: Tensor) -> magpo_kernels.MAGPOLossTerms:
+                return magpo_kernels.magpo_loss_normal(g_first, g_second.expand_as(g_first), l_first,
+                                                       l_second.expand_as(l_first), action, behavior, advantage,
+                                                       self.options)
+        terms = kernel(advantage)
+        preceding = tensordict.get(PRECEDING_RATIO_KEY, None)
+        if preceding is None:
+            return terms
+        # Sequential learners (magpo.sequential): the learner's lambda-weighted PPO term carries the
+        # preceding learners' ratio product M of its sample; M > 0 factors out of PPO's min, so that
+        # term is PPO on the advantage M * A. The guider's terms keep A.
+        weighted = kernel(advantage * preceding.detach().reshape(*rows[:-1], 1))
+        return terms._replace(loss_learner=weighted.loss_learner, learner_kl=weighted.learner_kl,
+                              learner_objective=weighted.learner_objective,
+                              learner_clip_fraction=weighted.learner_clip_fraction)
 
     def _raise_if_not_finite(self, out: TensorDictBase, tensordict: TensorDictBase) -> None:
         losses = [out.get(key) for key in self.out_keys if key.startswith("loss_")]

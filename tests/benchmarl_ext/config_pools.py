@@ -8,7 +8,7 @@ from __future__ import annotations
 
 POOLS = {
     "algorithm": {
-        # shared by MAPPO, MAT and MAGPO
+        # shared by MAPPO, MAT, MAGPO, HAPPO and A2PO
         "share_param_critic": (["true", "false"], [], ["maybe"]),
         "clip_epsilon": (["0.2", "0.1"], ["1e-6", "0.999"], ["0", "1.5", "-0.2"]),
         "entropy_coef": (["0.0", "0.01"], ["10.0"], ["-0.1"]),
@@ -31,11 +31,15 @@ POOLS = {
         "guider_layers": (["1", "2"], [], ["0"]),
         "guider_lr": (["null", "1e-3"], ["0.999", "1e-9"], ["0", "1.5"]),
         "guider_warmup_frames": (["0", "80"], ["1000000"], ["-1", "0.5"]),
-        "agent_order": (["random", "fixed", "per_epoch"], [], ["alphabetical"]),
+        "agent_order": (["random", "fixed", "per_epoch", "semi_greedy"], [], ["alphabetical"]),
         "backtrack": (["false", "true"], [], []),
         "normalize_advantage": (["true", "false"], [], []),
         "clip_value": (["null", "0.2"], ["1e-6", "1e6"], ["0", "-0.2"]),
         "backend": (["auto", "reference"], [], ["cuda"]),
+        "learner_update": (["parallel", "sequential"], [], ["alternating"]),
+        # A2PO
+        "preceding_clip": (["0.1", "0.2"], ["1e-6", "0.999"], ["0", "1.0"]),
+        "clip_floor": (["0.5", "1.0"], ["1e-6"], ["0", "1.5"]),
         # MAT
         "embed_dim": (["8", "16"], ["1"], ["0"]),
         "heads": (["1", "2"], [], ["0"]),

@@ -12,6 +12,14 @@ from benchmarl_ext.registration import register
 
 register()
 
+# Tiny runs: 80-frame batches, 2 minibatches, 2 epochs, small networks.
+BATCH = ["experiment.on_policy_collected_frames_per_batch=80", "experiment.on_policy_minibatch_size=40",
+         "experiment.on_policy_n_minibatch_iters=2", "experiment.evaluation_interval=80",
+         "experiment.evaluation_episodes=2", "model.num_cells=[16,16]", "critic_model.num_cells=[16,16]"]
+VMAS = ["task=vmas/balance", "task.max_steps=20", "experiment=cpu", "experiment.on_policy_n_envs_per_worker=4", *BATCH]
+COORDSUM = ["task=coordsum/3x10", "task.time_limit=10", "experiment=coordsum", "experiment.on_policy_n_envs_per_worker=8", *BATCH]
+SMALL_GUIDER = ["algorithm.guider_embed_dim=8", "algorithm.guider_heads=2"]
+
 
 def compose_config(overrides: list[str]):
     """The composed config of ``benchmarl run OVERRIDES`` (without its hydra node) and the task's name."""

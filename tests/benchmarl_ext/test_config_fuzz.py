@@ -35,7 +35,7 @@ ALGORITHMS = {"magpo": ["algorithm.guider_embed_dim=8", "algorithm.guider_heads=
               "magpo_residual": ["algorithm.guider_embed_dim=8", "algorithm.guider_heads=2"],
               "ctds": ["algorithm.guider_embed_dim=8", "algorithm.guider_heads=2"],
               "mat": ["algorithm.embed_dim=8", "algorithm.heads=2"],
-              "mappo": []}
+              "mappo": [], "happo": [], "a2po": []}
 FIELD = re.compile(r"\b(algorithm|experiment|task)\.(\w+)")
 
 

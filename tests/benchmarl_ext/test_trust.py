@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from benchmarl.experiment.callback import Callback
+from configs import COORDSUM, SMALL_GUIDER, VMAS, compose_config
 from configs import build_experiment as build
-from configs import compose_config
 
 from benchmarl_ext import cli
 from benchmarl_ext.checkpoints import CheckpointError
@@ -25,12 +25,6 @@ from benchmarl_ext.registration import register
 pytestmark = pytest.mark.filterwarnings("ignore")
 register()
 
-BATCH = ["experiment.on_policy_collected_frames_per_batch=80", "experiment.on_policy_minibatch_size=40",
-         "experiment.on_policy_n_minibatch_iters=2", "experiment.evaluation_interval=80",
-         "experiment.evaluation_episodes=2", "model.num_cells=[16,16]", "critic_model.num_cells=[16,16]"]
-VMAS = ["task=vmas/balance", "task.max_steps=20", "experiment=cpu", "experiment.on_policy_n_envs_per_worker=4", *BATCH]
-COORDSUM = ["task=coordsum/3x10", "task.time_limit=10", "experiment=coordsum", "experiment.on_policy_n_envs_per_worker=8", *BATCH]
-SMALL_GUIDER = ["algorithm.guider_embed_dim=8", "algorithm.guider_heads=2"]
 CASES = {
     "magpo-vmas": ["algorithm=magpo", *SMALL_GUIDER, *VMAS],
     "magpo-transformer-vmas": ["algorithm=magpo_transformer", "experiment.prefer_continuous_actions=false", *SMALL_GUIDER, *VMAS],
@@ -41,6 +35,11 @@ CASES = {
     "magpo-coordsum": ["algorithm=magpo_coordsum_3x10", *SMALL_GUIDER, *COORDSUM],
     "mappo-coordsum": ["algorithm=mappo", *COORDSUM],
     "magpo-memory-coordsum": ["algorithm=magpo_coordsum_3x10", "algorithm.guider_memory=gru", *SMALL_GUIDER, *COORDSUM],
+    # agent-by-agent updates: the order of every iteration comes from the restored generator
+    "happo-vmas": ["algorithm=happo", *VMAS],
+    "a2po-coordsum": ["algorithm=a2po", *COORDSUM],
+    "magpo-sequential-coordsum": ["algorithm=magpo_coordsum_3x10", "algorithm.learner_update=sequential",
+                                  "experiment.share_policy_params=false", *SMALL_GUIDER, *COORDSUM],
 }
 # 4 iterations of 80 frames, a checkpoint every 2
 STRAIGHT = ["experiment.max_n_frames=320", "experiment.checkpoint_interval=160"]
@@ -303,6 +302,15 @@ BAD_VALUES = [
     (["algorithm=ippo", "algorithm.scale_mapping=square"], "algorithm.scale_mapping"),
     (["algorithm=mat", "algorithm.critic_coef=-1"], "algorithm.critic_coef"),
     (["algorithm=magpo", "algorithm.loss_critic_type=l3"], "algorithm.loss_critic_type"),
+    (["algorithm=happo", "experiment.share_policy_params=true"], "experiment.share_policy_params"),
+    (["algorithm=a2po", "experiment.share_policy_params=true"], "experiment.share_policy_params"),
+    (["algorithm.learner_update=sequential"], "experiment.share_policy_params"),  # the default shares
+    (["algorithm.learner_update=alternating"], "algorithm.learner_update"),
+    (["algorithm=happo", "algorithm.clip_epsilon=1.5"], "algorithm.clip_epsilon"),
+    (["algorithm=a2po", "algorithm.preceding_clip=1.5"], "algorithm.preceding_clip"),
+    (["algorithm=a2po", "algorithm.preceding_clip=0"], "algorithm.preceding_clip"),
+    (["algorithm=a2po", "algorithm.clip_floor=0"], "algorithm.clip_floor"),
+    (["algorithm=a2po", "algorithm.agent_order=greedy"], "algorithm.agent_order"),
     (["task.memory=global"], "task.memory"),  # task.* rows run on coordsum/3x10
     (["task.n_agents=1"], "task.n_agents"),
     (["task.time_limit=0"], "task.time_limit"),
