@@ -42,6 +42,8 @@ GUIDED = ("magpo", "ctds")  # presets whose name starts so collect with a guider
 RUN_FIELDS = ("experiment", "preset", "seed", "overrides", "commit", "date", "machine", "versions", "threads", "concurrent")
 CURVE_FIELDS = ("experiment", "preset", "seed", "frames", "learner", "guider")
 DIDACTIC_FIELDS = ("experiment", "preset", "seed", "guider_success", "learner_success")
+# per training run: median seconds of its iterations after the first (runs of one batch share the machine)
+TIMING_FIELDS = ("experiment", "preset", "seed", "seconds_per_iteration", "collection_seconds", "training_seconds")
 SCALING_FIELDS = ("experiment", "preset", "n_agents", "seconds_per_iteration", "collection_seconds", "training_seconds",
                   "peak_rss_mb")
 
@@ -209,6 +211,7 @@ class Results:
         self.curves = read_rows(folder / "curves.csv")
         self.didactic = read_rows(folder / "didactic.csv")
         self.scaling = read_rows(folder / "scaling.csv")
+        self.timing = read_rows(folder / "timing.csv")
 
     def recorded(self, experiment: str, preset: str, seed) -> dict | None:
         for row in self.runs:
@@ -229,6 +232,7 @@ class Results:
         write_rows(self.folder / "curves.csv", CURVE_FIELDS, self.curves)
         write_rows(self.folder / "didactic.csv", DIDACTIC_FIELDS, self.didactic)
         write_rows(self.folder / "scaling.csv", SCALING_FIELDS, self.scaling)
+        write_rows(self.folder / "timing.csv", TIMING_FIELDS, self.timing)
 
 
 def machine_row(experiment: str, preset: str, seed, overrides: list[str], threads: int, concurrent: int,
@@ -321,6 +325,14 @@ def record_training_run(experiment: str, preset: str, seed: int, overrides: list
     record = folder.parent / "launched.json"
     launched = json.loads(record.read_text()) if record.exists() else None
     results.add(machine_row(experiment, preset, seed, overrides, 1, concurrent, launched), "curves", rows)
+    times = {name: [v for _, v in sorted(read_scalar(folder, f"timers_{name}_time").items())][1:]
+             for name in ("iteration", "collection", "training")}
+    if all(times.values()):  # the first iteration holds the start-up
+        results.timing = [r for r in results.timing if (r["experiment"], r["preset"], r["seed"]) != (experiment, preset, str(seed))]
+        median = {name: f"{statistics.median(values):.4f}" for name, values in times.items()}
+        results.timing.append({"experiment": experiment, "preset": preset, "seed": str(seed),
+                               "seconds_per_iteration": median["iteration"], "collection_seconds": median["collection"],
+                               "training_seconds": median["training"]})
 
 
 def run_didactic(experiment: Experiment, results: Results) -> None:

@@ -294,6 +294,47 @@ def verdict_c4(tables: list[TrainingTable], default_delta: float) -> tuple[str, 
     return ("reproduced" if where == "above" else "not reproduced" if where == "below" else "undecided"), lines
 
 
+SEQUENTIAL_MAGPO = "magpo+algorithm.learner_update=sequential"
+
+
+def verdict_c6(tables: list[TrainingTable], results: Results) -> tuple[str, list[str]]:
+    """Per task: every method's final learner return, AUC and median seconds per iteration (the
+    median over seeds of each run's median; the runs of a batch share the machine, 2 at a time);
+    HAPPO and A2PO against MAPPO and MAGPO's sequential learners against its parallel ones
+    (final, paired by seed). The sequential learner update 'changes' MAGPO's learning on a task
+    when the 95% CI of that paired difference excludes 0."""
+    lines = ["| task | method | seeds | final return [95% CI] | AUC [95% CI] | s / iteration (x MAPPO) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    pairs, outcomes = [], []
+    for table in tables:
+        task = table.experiment.task
+        seconds = {p: statistics.median(float(r["seconds_per_iteration"]) for r in results.timing
+                                        if r["experiment"] == table.experiment.name and r["preset"] == p)
+                   for p in table.learner if any(r["experiment"] == table.experiment.name and r["preset"] == p
+                                                 for r in results.timing)}
+        for preset, curves in table.learner.items():
+            time = f"{seconds[preset]:.2f}" if preset in seconds else "-"
+            if preset in seconds and "mappo" in seconds:
+                time += f" ({seconds[preset] / seconds['mappo']:.2f}x)"
+            lines.append(f"| {task} | {preset} | {len(curves)} | {cell(list(final_values(curves).values()))} | "
+                         f"{cell(list(auc_values(curves).values()))} | {time} |")
+        for a, b in (("happo", "mappo"), ("a2po", "mappo"), ("a2po", "happo"), (SEQUENTIAL_MAGPO, "magpo")):
+            if a in table.learner and b in table.learner:
+                difference = paired(table.final(a), table.final(b))
+                pairs.append(f"| {task} | {a} minus {b} | {signed_cell(difference)} | {direction(difference)} |")
+                if a == SEQUENTIAL_MAGPO:
+                    outcomes.append((task, direction(difference)))
+    if not pairs:
+        return "not tested here", ["The runs are not recorded yet."]
+    lines += ["", "| task | final return, paired by seed | mean [95% CI] | the first is |", "| --- | --- | --- | --- |",
+              *pairs, ""]
+    if not outcomes:
+        return "not tested here (MAGPO's sequential and parallel runs are not both recorded)", lines
+    said = "; ".join(f"{task}: {'no change detected' if where == 'level' else f'sequential {where} parallel'}"
+                     for task, where in outcomes)
+    return f"sequential learner update, against parallel: {said}", lines
+
+
 def verdict_c5(results: Results, experiment: Experiment) -> tuple[str, list[str]]:
     """The growth exponent k of seconds per iteration against the number of agents (least squares
     on log-log) of every method, and each guided method's time against MAPPO's at every n. The
@@ -354,7 +395,8 @@ def verdict_vmas(tables: list[TrainingTable]) -> tuple[str, list[str]]:
 
 # ------------------------------------------------------------------------------ the page
 
-VERDICTS = {"C1": "didactic", "C2": "imitation", "C3": "decentralized", "C4": "delta", "C5": "scaling", "VMAS": "vmas"}
+VERDICTS = {"C1": "didactic", "C2": "imitation", "C3": "decentralized", "C4": "delta", "C5": "scaling",
+            "C6": "sequential", "VMAS": "vmas"}
 
 
 def claim_sections(claims: dict, experiments: list[Experiment], results: Results, page: Path,
@@ -393,6 +435,8 @@ def claim_sections(claims: dict, experiments: list[Experiment], results: Results
             verdict, detail = verdict_c4(tables, float(about.get("default_delta", "nan")))
         elif kind == "scaling":
             verdict, detail = verdict_c5(results, own[0])
+        elif kind == "sequential":
+            verdict, detail = verdict_c6(tables, results)
         else:
             verdict, detail = verdict_vmas(tables)
         note = about.get("verdict_note", "").strip()

@@ -111,3 +111,49 @@ def test_the_committed_page_is_what_the_committed_csvs_give(tmp_path):
     evidence("--spec", str(REPO / "benchmarks" / "evidence.yaml"), "--results", str(copy / "results" / "evidence"),
              "--page", str(copy / "RESULTS.md"), "--report-only")
     assert (copy / "RESULTS.md").read_text() == (REPO / "benchmarks" / "RESULTS.md").read_text()
+
+
+def recorded(results, experiment: str, preset: str, seed: int, finals: tuple[float, float], seconds: float) -> None:
+    """A run's rows as the command records them: two evaluations, and its timing."""
+    rows = [{"experiment": experiment, "preset": preset, "seed": seed, "frames": frames, "learner": value, "guider": ""}
+            for frames, value in zip((80, 160), finals)]
+    results.add(evidence_csvs.machine_row(experiment, preset, seed, [], 1, 2), "curves", rows)
+    results.timing.append({"experiment": experiment, "preset": preset, "seed": str(seed), "seconds_per_iteration": seconds,
+                           "collection_seconds": seconds / 2, "training_seconds": seconds / 2})
+
+
+def test_the_delta_and_sequential_verdicts_come_from_the_csvs(tmp_path):
+    """C4 reads the default delta's runs from the experiment it shares; C6 tables returns and time
+    per iteration and decides whether sequential learners change MAGPO's learning."""
+    claims = {"C2": CLAIMS["C2"],
+              "C4": {"title": "delta", "paper": "small deltas help", "also": ["shared"], "default_delta": 1.5},
+              "C6": {"title": "sequential", "paper": "sequential updates"}}
+    sequential = "magpo+algorithm.learner_update=sequential"
+    experiments = [
+        {"name": "shared", "claim": "C2", "kind": "training", "task": "coordsum/3x10", "frames": 160, "presets": {"magpo": "0-4"}},
+        {"name": "sweep", "claim": "C4", "kind": "training", "task": "coordsum/3x10", "frames": 160,
+         "presets": {"magpo+algorithm.delta=1.2": "0-4", "magpo+algorithm.delta=inf": "0-4"}},
+        {"name": "order", "claim": "C6", "kind": "training", "task": "coordsum/3x10", "frames": 160,
+         "presets": {"mappo": "0-4", "happo": "0-4", "magpo": "0-4", sequential: "0-4"}},
+    ]
+    spec = tmp_path / "evidence.yaml"
+    spec.write_text(yaml.safe_dump({"preamble": "Tiny.", "claims": claims, "experiments": experiments}))
+    results = evidence_csvs.Results(tmp_path / "evidence")
+    for seed in range(5):
+        recorded(results, "shared", "magpo", seed, (10, 50 + seed), 1.0)
+        recorded(results, "sweep", "magpo+algorithm.delta=1.2", seed, (10, 60 + seed), 1.0)
+        recorded(results, "sweep", "magpo+algorithm.delta=inf", seed, (10, 40 + seed), 1.0)
+        recorded(results, "order", "mappo", seed, (10, 50 + 3 * seed), 2.0)
+        recorded(results, "order", "happo", seed, (10, 51 + 3 * seed), 4.0)
+        recorded(results, "order", "magpo", seed, (10, 50 + seed), 3.0)
+        recorded(results, "order", sequential, seed, (10, 50 + seed + (0.5 if seed % 2 else -0.5)), 6.0)
+    results.save()
+    main(["--spec", str(spec), "--results", str(tmp_path / "evidence"), "--page", str(tmp_path / "RESULTS.md"),
+          "--report-only"])
+    page = (tmp_path / "RESULTS.md").read_text()
+    assert "| 1.5 | magpo (default delta, from shared) | 5 |" in page
+    assert "Smallest minus largest delta (1.2 minus inf), final, paired by seed: +20.00" in page
+    assert "| delta | reproduced |" in page
+    assert "| coordsum/3x10 | happo | 5 |" in page and "| 4.00 (2.00x) |" in page and "| 6.00 (3.00x) |" in page
+    assert "| coordsum/3x10 | happo minus mappo | +1.00 [+1.00, +1.00] | above |" in page
+    assert "sequential learner update, against parallel: coordsum/3x10: no change detected" in page
