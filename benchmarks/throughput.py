@@ -9,8 +9,10 @@ Each run is ``benchmarl run`` in a fresh process (so start-up and peak memory ar
 evaluation and checkpoints off, one after the other: MAPPO, then each of ``--guiders``. Tasks:
 
 * ``coordsum``: CoordSum-3x10 with the authors' tuned settings for it (64 envs x 128 steps =
-  8,192 frames per iteration, 10 epochs x 8 minibatches; MAGPO: ``magpo_coordsum_3x10``, each
-  guider without memory, and the transformer with its memory over the episode as the preset has it);
+  8,192 frames per iteration, 10 epochs x 8 minibatches; MAGPO: ``magpo_coordsum_3x10`` with each
+  guider, ``transformer+gru`` / ``transformer+retention`` with that memory over the episode);
+* ``authors``: the authors' whole CoordSum-3x10 recipe (``experiment=coordsum_authors``: 128 envs x
+  128 steps = 16,384 frames, their recurrent learner and critic; MAPPO: ``mappo_coordsum_3x10``);
 * ``balance``, ``give_way``, ``navigation``, ``dispersion``: that VMAS task with the ``cpu`` preset
   (3,000 frames, 4 epochs x 2 minibatches).
 
@@ -22,7 +24,8 @@ MAPPO's compiled run; the compilation adds to start-up and the first iteration).
 algorithm R times in rotated order and reports medians over the runs, the ratio taken within each
 repeat: on a shared 2-core machine one run's timing drifts by tens of percent. ``--profile``
 adds a cProfile of MAGPO's training (BenchMARL's optimizer loop only) on CoordSum with the
-default (anchored) guider, top entries by own time. Writes ``throughput.md`` (and
+default (anchored) guider, top entries by own time; ``--profile-authors`` one of the authors'
+recipe with the retention guider (the recurrent learner's and critic's share shows there). Writes ``throughput.md`` (and
 ``throughput_profile.txt``) to ``--out`` with date, machine, versions,
 commit and thread count.
 """
@@ -43,12 +46,16 @@ from benchmarl_ext.runs import provenance
 
 AUTHORS_3X10 = ["experiment.on_policy_collected_frames_per_batch=8192", "experiment.on_policy_n_envs_per_worker=64",
                 "experiment.on_policy_n_minibatch_iters=10", "experiment.on_policy_minibatch_size=1024"]
+# task -> (overrides, frames per iteration, MAGPO preset, MAPPO preset)
 TASKS = {
-    "coordsum": (["task=coordsum/3x10", "experiment=coordsum", *AUTHORS_3X10], 8192, "magpo_coordsum_3x10"),
-    **{name: ([f"task=vmas/{name}", "experiment=cpu"], 3000, "magpo") for name in ("balance", "give_way", "navigation",
-                                                                            "dispersion")},
+    "coordsum": (["task=coordsum/3x10", "experiment=coordsum", *AUTHORS_3X10], 8192, "magpo_coordsum_3x10", "mappo"),
+    # the authors' whole recipe: 128 envs x 128 steps, recurrent learner and critic, their epochs
+    "authors": (["task=coordsum/3x10", "experiment=coordsum_authors"], 16384, "magpo_coordsum_3x10", "mappo_coordsum_3x10"),
+    **{name: ([f"task=vmas/{name}", "experiment=cpu"], 3000, "magpo", "mappo")
+       for name in ("balance", "give_way", "navigation", "dispersion")},
 }
-GUIDERS = ("anchored", "transformer", "residual", "transformer+memory")  # the default first
+# guider, or guider+memory; the default first
+GUIDERS = ("anchored", "transformer", "residual", "transformer+gru", "transformer+retention")
 
 # Runs in the child: time stamps the entry of the training loop, reports peak memory at the end.
 CHILD = """
@@ -131,6 +138,8 @@ def main() -> None:
     parser.add_argument("--guiders", default=",".join(GUIDERS), help=f"comma-separated MAGPO guiders, from {list(GUIDERS)}")
     parser.add_argument("--compile", action="store_true", help="also every algorithm with compile_networks=true")
     parser.add_argument("--profile", action="store_true", help="also profile MAGPO training on CoordSum")
+    parser.add_argument("--profile-authors", action="store_true",
+                        help="also profile the authors' recipe's training with the retention guider")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     tasks, guiders = args.tasks.split(","), args.guiders.split(",")
@@ -143,13 +152,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for task in tasks:
-            overrides, frames, magpo = TASKS[task]
+            overrides, frames, magpo, mappo_preset = TASKS[task]
             budget = [f"experiment.max_n_frames={frames * args.iterations}", "experiment.evaluation=false",
                       "experiment.checkpoint_at_end=false"]
-            algorithms = [("MAPPO", ["algorithm=mappo"])] + [
+            algorithms = [("MAPPO", [f"algorithm={mappo_preset}"])] + [
                 (f"MAGPO {guider.replace('+', ' + ')}{' (default)' * (guider == 'anchored')}",
                  [f"algorithm={magpo}", f"algorithm.guider={guider.split('+')[0]}",
-                  f"algorithm.guider_memory={'gru' if guider.endswith('+memory') else 'none'}"])
+                  f"algorithm.guider_memory={(guider.split('+') + ['none'])[1]}"])
                 for guider in guiders
             ]
             if args.compile:
@@ -180,7 +189,9 @@ def main() -> None:
         "order, and the median over them (total vs MAPPO: the median over repeats of the ratio to MAPPO's run of the "
         "same repeat; each repeat's ratio in parentheses). Evaluation and checkpoints off. coordsum: CoordSum-3x10, "
         "8,192 frames per iteration, 10 epochs x 8 minibatches (the authors' tuned settings), MAGPO "
-        "`magpo_coordsum_3x10`. The VMAS tasks: `experiment=cpu` (3,000 frames, 4 x 2), MAGPO `magpo`."
+        "`magpo_coordsum_3x10`. authors: their whole recipe, `experiment=coordsum_authors` (16,384 frames, recurrent "
+        "learner and critic), `magpo_coordsum_3x10` against `mappo_coordsum_3x10`. The VMAS tasks: `experiment=cpu` "
+        "(3,000 frames, 4 x 2), MAGPO `magpo`."
         + (" Rows marked compiled: `compile_networks=true`, their ratio to MAPPO compiled; the compilation adds to "
            "start-up and the first iteration." if args.compile else ""),
         "",
@@ -196,8 +207,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.profile_authors:
+        overrides, frames, magpo, _ = TASKS["authors"]
+        profile([f"algorithm={magpo}", "algorithm.guider_memory=retention", *overrides,
+                 f"experiment.max_n_frames={frames * 2}", "experiment.evaluation=false",
+                 "experiment.checkpoint_at_end=false"], args.out / "throughput_profile_authors.txt", args.threads)
+        print(f"profile: {args.out / 'throughput_profile_authors.txt'}")
     if args.profile:
-        overrides, frames, magpo = TASKS["coordsum"]
+        overrides, frames, magpo, _ = TASKS["coordsum"]
         profile(
             [f"algorithm={magpo}", "algorithm.guider=anchored", "algorithm.guider_memory=none", *overrides,
              f"experiment.max_n_frames={frames * 2}", "experiment.evaluation=false",

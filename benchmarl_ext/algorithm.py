@@ -44,7 +44,7 @@ from benchmarl_ext.magpo_hooks import (
     PerEpochAgentOrder,
 )
 from magpo import DeltaSchedule, LossOptions, MAGPOLoss
-from magpo.guiders import AGENT_ORDERS, EPISODE_START_KEY, GUIDER_KINDS, GUIDER_MEMORIES, make_guider
+from magpo.guiders import AGENT_ORDERS, EPISODE_START_KEY, GUIDER_KINDS, GUIDER_MEMORIES, make_guider, memory_entry
 
 LEARNER_UPDATES = ("parallel", "sequential")
 
@@ -74,7 +74,8 @@ class Magpo(Mappo):
     Args (besides MAPPO's, see :class:`MagpoConfig` for the meaning of each field):
         loss_options: the loss hyperparameters, built and validated once by the config.
         delta_schedule: how delta adapts between iterations (``delta: auto``), or None (fixed).
-        guider, guider_memory, guider_embed_dim, guider_heads, guider_layers, guider_lr,
+        guider, guider_memory, guider_decay_scaling, guider_chunk, guider_embed_dim, guider_heads,
+        guider_layers, guider_lr,
         guider_warmup_frames, agent_order, backtrack, normalize_advantage, clip_value, learner_update.
     """
 
@@ -84,6 +85,8 @@ class Magpo(Mappo):
         delta_schedule: Optional[DeltaSchedule],
         guider: str,
         guider_memory: str,
+        guider_decay_scaling: float,
+        guider_chunk: Optional[int],
         guider_embed_dim: int,
         guider_heads: int,
         guider_layers: int,
@@ -108,6 +111,8 @@ class Magpo(Mappo):
         self.delta_schedule = delta_schedule
         self.guider_type = guider
         self.guider_memory = guider_memory
+        self.guider_decay_scaling = guider_decay_scaling
+        self.guider_chunk = guider_chunk
         if guider_memory != "none":
             # whole rollouts in the buffer and in every minibatch: the guider reruns its memory over them
             self.has_rnn = True
@@ -143,7 +148,8 @@ class Magpo(Mappo):
                 self, group, continuous, self.guider_type,
                 learner_module=None if self.guider_type == "transformer" else self._learner_params_module(group),
                 width=self.guider_embed_dim, heads=self.guider_heads, layers=self.guider_layers,
-                agent_order=self.agent_order, memory=self.guider_memory,
+                agent_order=self.agent_order, memory=self.guider_memory, decay_scaling=self.guider_decay_scaling,
+                chunk=self.guider_chunk,
             )
         self._guider_cores[group] = core
         self._guider_samplers[group] = for_collection
@@ -166,15 +172,18 @@ class Magpo(Mappo):
         recurrent model already) and its state, zero after every reset, in the environment."""
         if self.guider_memory == "none":
             return env_fun
-        state_spec = Composite(
-            {
-                group: Composite(
-                    {"guider_memory": Unbounded(shape=(len(agents), self.guider_embed_dim), device=self.device)},
-                    shape=(len(agents),), device=self.device,
-                )
-                for group, agents in self.group_map.items()
-            }
-        )
+        entries = {}  # the composite of every group's state entry, nested as its key
+        for group, agents in self.group_map.items():
+            key, shape = memory_entry(self.guider_memory, group, len(agents), self.guider_embed_dim, self.guider_heads)
+            leaf = Unbounded(shape=shape, device=self.device)
+            # an entry under the group has the group's agent dim; the retention's, one per environment, has none
+            parent = Composite({key[1]: leaf}, shape=(len(agents),) if key[0] == group else (), device=self.device)
+            entries.setdefault(key[0], []).append(parent)
+        state_spec = Composite({
+            name: parents[0] if len(parents) == 1 else Composite(
+                {k: v for p in parents for k, v in p.items()}, device=self.device)
+            for name, parents in entries.items()
+        })
 
         def with_memory() -> EnvBase:
             env = env_fun()
@@ -307,6 +316,8 @@ class MagpoConfig(MappoConfig):
     learner_kl: str = MISSING
     guider: str = MISSING
     guider_memory: str = MISSING
+    guider_decay_scaling: float = MISSING
+    guider_chunk: Optional[int] = MISSING
     guider_embed_dim: int = MISSING
     guider_heads: int = MISSING
     guider_layers: int = MISSING
@@ -348,6 +359,13 @@ class MagpoConfig(MappoConfig):
             raise ValueError(
                 f"algorithm.guider_memory={self.guider_memory} needs algorithm.guider=transformer, got {self.guider!r}"
             )
+        scaling = self.guider_decay_scaling
+        if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not 0 < scaling <= 1:
+            raise ValueError(f"algorithm.guider_decay_scaling must be in (0, 1] (the retention's decays stay in (0, 1)), "
+                             f"got {scaling!r}")
+        chunk = self.guider_chunk
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(f"algorithm.guider_chunk must be an integer >= 1 (steps) or null (the whole rollout), got {chunk!r}")
         if self.agent_order not in AGENT_ORDERS:
             raise ValueError(f"algorithm.agent_order must be one of {AGENT_ORDERS}, got {self.agent_order!r}")
         if self.backtrack and self.guider not in ("anchored", "residual"):
@@ -359,7 +377,7 @@ class MagpoConfig(MappoConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"algorithm.{name} must be an integer >= 1, got {value!r}")
-        if self.guider == "transformer" and self.guider_embed_dim % self.guider_heads:
+        if (self.guider == "transformer" or self.guider_memory == "retention") and self.guider_embed_dim % self.guider_heads:
             raise ValueError(
                 f"algorithm.guider_embed_dim ({self.guider_embed_dim}) must be divisible by algorithm.guider_heads "
                 f"({self.guider_heads})"
@@ -382,9 +400,17 @@ class MagpoConfig(MappoConfig):
         check_ppo_fields(self)
 
     def check_experiment(self, config) -> None:
-        """Sequential learners need one learner per agent (called before anything is built)."""
+        """Sequential learners need one learner per agent, and a retention chunk must divide the
+        rollout (called before anything is built)."""
         if self.learner_update == "sequential":
             refuse_shared_actors(config, "algorithm.learner_update=sequential")
+        if self.guider_memory == "retention" and self.guider_chunk is not None:
+            rollout = config.on_policy_collected_frames_per_batch // config.on_policy_n_envs_per_worker
+            if rollout % self.guider_chunk:
+                raise ValueError(
+                    f"algorithm.guider_chunk ({self.guider_chunk} steps) must divide the rollout length, "
+                    f"experiment.on_policy_collected_frames_per_batch / experiment.on_policy_n_envs_per_worker = {rollout} steps"
+                )
 
     def check_model(self, model_config: ModelConfig) -> None:
         """Refuse a learner model the guider cannot serve (called before anything is built).

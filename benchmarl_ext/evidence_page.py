@@ -377,6 +377,24 @@ def verdict_c5(results: Results, experiment: Experiment) -> tuple[str, list[str]
             f"against MAPPO's {exponents['mappo']:.2f}; the task's own cost sets the growth)"), lines
 
 
+def verdict_memory(tables: list[TrainingTable]) -> tuple[str, list[str]]:
+    """The first preset of each experiment (the retention guider) against the second (the GRU
+    guider): final learner return, paired by seed, 'above', 'level' or 'below' by its 95% CI."""
+    lines, outcomes = [], []
+    for table in tables:
+        presets = list(table.experiment.presets)
+        if len(presets) < 2 or not all(p in table.learner for p in presets[:2]):
+            continue
+        first, second = presets[:2]
+        difference = paired(table.final(first), table.final(second))
+        outcomes.append(f"{table.experiment.task}: {direction(difference)}")
+        lines.append(f"{first} minus {second}, learner final, paired by seed ({len(difference)} seeds): "
+                     f"{signed_cell(difference)}.")
+    if not outcomes:
+        return "not tested here", ["The runs are not recorded yet."]
+    return "retention against GRU: " + "; ".join(outcomes), lines + [""]
+
+
 def verdict_vmas(tables: list[TrainingTable]) -> tuple[str, list[str]]:
     """Per task, MAGPO's learner against MAPPO by the 95% CI of the paired differences, and its
     guider against its learner (AUC)."""
@@ -396,7 +414,7 @@ def verdict_vmas(tables: list[TrainingTable]) -> tuple[str, list[str]]:
 # ------------------------------------------------------------------------------ the page
 
 VERDICTS = {"C1": "didactic", "C2": "imitation", "C3": "decentralized", "C4": "delta", "C5": "scaling",
-            "C6": "sequential", "VMAS": "vmas"}
+            "C6": "sequential", "MEMORY": "memory", "VMAS": "vmas"}
 
 
 def claim_sections(claims: dict, experiments: list[Experiment], results: Results, page: Path,
@@ -437,6 +455,8 @@ def claim_sections(claims: dict, experiments: list[Experiment], results: Results
             verdict, detail = verdict_c5(results, own[0])
         elif kind == "sequential":
             verdict, detail = verdict_c6(tables, results)
+        elif kind == "memory":
+            verdict, detail = verdict_memory(tables)
         else:
             verdict, detail = verdict_vmas(tables)
         note = about.get("verdict_note", "").strip()

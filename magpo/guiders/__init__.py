@@ -5,7 +5,7 @@ the actions of the agents before it in the execution order to that agent's actio
 distribution parameters. Three cores, each built on a :class:`GuiderSpec`:
 
 * :class:`TransformerGuider` (``transformer``): the paper's MAT-style network, optionally with
-  memory over the episode (``transformer.py``);
+  memory over the episode (``transformer.py``; the retention memory in ``retention.py``);
 * :class:`AnchoredGuider` (``anchored``, the default) and :class:`ResidualGuider`
   (``residual``): the learner's output (live, or a trainable copy) plus a zero-initialised
   correction (``corrected.py``).
@@ -25,7 +25,7 @@ from magpo.guiders.common import (
     positions_of,
 )
 from magpo.guiders.corrected import AnchoredGuider, CorrectedGuider, ResidualGuider
-from magpo.guiders.factory import make_guider, make_guider_policies
+from magpo.guiders.factory import make_guider, make_guider_policies, memory_entry
 from magpo.guiders.sampling import (
     ActionDraw,
     GumbelMaxDraw,
@@ -33,11 +33,12 @@ from magpo.guiders.sampling import (
     SequentialGuiderSampler,
     TeacherForcedGuider,
 )
+from magpo.guiders.retention import MultiScaleRetention
 from magpo.guiders.transformer import TransformerGuider
 
 __all__ = [
     "AGENT_ORDERS", "EPISODE_START_KEY", "GUIDER_KINDS", "GUIDER_MEMORIES", "ActionDraw", "AnchoredGuider",
     "CorrectedGuider", "GuiderCore", "GuiderSpec", "GumbelMaxDraw", "NormalDraw", "ResidualGuider",
-    "SequentialGuiderSampler", "TeacherForcedGuider", "TransformerGuider", "make_guider", "make_guider_policies",
-    "positions_of",
+    "MultiScaleRetention", "SequentialGuiderSampler", "TeacherForcedGuider", "TransformerGuider", "make_guider",
+    "make_guider_policies", "memory_entry", "positions_of",
 ]

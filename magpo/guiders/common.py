@@ -18,7 +18,7 @@ from torchrl.data import Composite, TensorSpec
 
 AGENT_ORDERS = ("fixed", "random", "per_epoch")
 GUIDER_KINDS = ("transformer", "anchored", "residual")
-GUIDER_MEMORIES = ("none", "gru")
+GUIDER_MEMORIES = ("none", "gru", "retention")
 EPISODE_START_KEY = "is_init"  # TorchRL's InitTracker: True at the first step of an episode
 
 
@@ -74,7 +74,7 @@ class GuiderCore(nn.Module):
         raise NotImplementedError
 
     def next_memory(self, context) -> torch.Tensor:
-        """The recurrent state ``[*B, n_agents, E]`` after this step (cores with memory)."""
+        """The state after this step, shaped as the ``memory_key`` entry (cores with memory)."""
         raise NotImplementedError(f"{type(self).__name__} has no memory")
 
     def decode(self, context, action: torch.Tensor) -> torch.Tensor:

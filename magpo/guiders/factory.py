@@ -58,6 +58,18 @@ def make_guider_policies(
     return for_loss, for_collection
 
 
+def memory_entry(memory: str, group: str, n_agents: int, width: int, heads: int):
+    """``(key, shape)`` of the state a guider with ``memory`` keeps per environment step, or None
+    (``"none"``): the GRU's ``[n_agents, width]`` under the group, or the retention's
+    ``[heads, width / heads, width / heads]`` under ``("guider_retention", group)`` (one state
+    per environment: retention mixes the agents). An environment primer creates it (zeros)."""
+    if memory == "gru":
+        return (group, "guider_memory"), (n_agents, width)
+    if memory == "retention":
+        return ("guider_retention", group), (heads, width // heads, width // heads)
+    return None
+
+
 def make_guider(
     kind: str,
     *,
@@ -72,6 +84,8 @@ def make_guider(
     layers: int = 1,
     agent_order: str = "random",
     memory: str = "none",
+    decay_scaling: float = 0.8,
+    chunk: int | None = None,
     action_mask: bool = False,
     scale_mapping: str = "biased_softplus_1.0",
     tanh_normal: bool = True,
@@ -96,9 +110,11 @@ def make_guider(
         heads, layers: transformer attention heads (dividing ``width``) and layers.
         agent_order: ``"random"`` (a stored permutation per step), ``"fixed"``, or ``"per_epoch"``
             (collect in the fixed order; the trainer sets ``training_order`` per epoch).
-        memory: ``"none"``, or ``"gru"`` (transformer only): a recurrent state over the episode,
-            stored at ``(group, "guider_memory")`` (``[n_agents, width]`` per step); the batch
-            needs ``"is_init"`` and the loss whole rollouts (module docstring).
+        memory: ``"none"``, ``"gru"`` or ``"retention"`` (transformer only): a state over the
+            episode, stored where :func:`memory_entry` says; the batch needs ``"is_init"`` and
+            the loss whole rollouts (:mod:`magpo.guiders.transformer`).
+        decay_scaling, chunk: the retention memory's decay scaling (Sable's, in (0, 1]) and
+            training chunk in steps (None: the whole rollout).
         action_mask: discrete actions read ``(group, "action_mask")``.
         scale_mapping: Normal scale mapping of the parameter extractor (continuous).
         tanh_normal: TanhNormal (True) or IndependentNormal (False) for continuous actions.
@@ -121,8 +137,10 @@ def make_guider(
     action_size = spec.action_size
     params_key = (group, "guider_logits")
     if kind == "transformer":
-        memory_key = (group, "guider_memory") if memory != "none" else None
-        core = TransformerGuider(spec, embed_dim=width, num_heads=heads, num_layers=layers, memory_key=memory_key)
+        entry = memory_entry(memory, group, spec.n_agents, width, heads)
+        core = TransformerGuider(spec, embed_dim=width, num_heads=heads, num_layers=layers,
+                                 memory_key=entry[0] if entry else None, memory=memory, decay_scaling=decay_scaling,
+                                 chunk=chunk)
     else:
         corrected = AnchoredGuider if kind == "anchored" else ResidualGuider
         core = corrected(learner_module, (group, "logits"), spec, hidden_dim=width)

@@ -3,14 +3,20 @@ over the episode.
 
 An encoder runs over the agents' observation embeddings (plus a state token) and a decoder's
 causal self-attention over the previously chosen actions, in execution order, with
-cross-attention to the encoding. Memory (``memory_key``, the role of the retention over time in
-the authors' Sable guider): a GRU cell carries each agent's state from step to step and is reset
-at episode starts (``"is_init"``, TorchRL's ``InitTracker``). Collection reads the state entering
-each step from the batch (``memory_key``, zero after a reset, e.g. from a ``TensorDictPrimer``)
-and writes the next one to ``("next", *memory_key)``. Training gets whole rollouts, ``[*B, T]``
-with time last: the state stored at ``t = 0`` restarts the recurrence, which is rerun over the
-sequence with the same resets, so the log-probs are those of collection and the gradient flows
-through the whole rollout.
+cross-attention to the encoding. Memory over the episode (``memory_key``), reset at episode starts
+(``"is_init"``, TorchRL's ``InitTracker``), read out and added to the encoder's agent tokens:
+
+* ``memory="retention"`` (the authors' Sable guider's memory): multi-scale retention over the
+  agents of every step and over time (:mod:`magpo.guiders.retention`), one state per environment
+  ``[heads, E / heads, E / heads]``; collection steps its recurrent form, training runs its
+  chunkwise form over whole rollouts, with no loop over the steps of a chunk;
+* ``memory="gru"``: a GRU cell carries each agent's state ``[E]`` from step to step.
+
+Collection reads the state entering each step from the batch (``memory_key``, zero after a reset,
+e.g. from a ``TensorDictPrimer``) and writes the next one to ``("next", *memory_key)``. Training
+gets whole rollouts, ``[*B, T]`` with time last: the state stored at ``t = 0`` restarts the
+memory, which is rerun over the sequence with the same resets, so the log-probs are those of
+collection and the gradient flows through the whole rollout.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from tensordict.utils import NestedKey
 from torch import nn
 
 from magpo.guiders.common import EPISODE_START_KEY, ActionEmbedding, GuiderCore, GuiderSpec, flat_observations, positions_of
+from magpo.guiders.retention import MultiScaleRetention
 
 
 class TransformerGuider(GuiderCore):
@@ -31,10 +38,11 @@ class TransformerGuider(GuiderCore):
             agent-id embedding tells them apart).
         embed_dim, num_heads, num_layers: transformer size (encoder and decoder each get
             ``num_layers`` layers).
-        memory_key: where the recurrent state ``[*B, n_agents, embed_dim]`` entering each step is
-            stored, or None for a memoryless guider. With it, a GRU cell (shared by the agents)
-            runs over each agent's observation embeddings through the episode and its state is
-            added to the encoder's agent tokens (module docstring).
+        memory_key: where the state entering each step is stored, or None for a memoryless
+            guider (module docstring).
+        memory: ``"gru"`` (state ``[*B, n_agents, embed_dim]``) or ``"retention"`` (state
+            ``[*B, num_heads, embed_dim / num_heads, embed_dim / num_heads]``), with a memory_key.
+        decay_scaling, chunk: the retention's (:class:`magpo.guiders.retention.MultiScaleRetention`).
     """
 
     def __init__(
@@ -44,6 +52,9 @@ class TransformerGuider(GuiderCore):
         num_heads: int = 4,
         num_layers: int = 1,
         memory_key: NestedKey | None = None,
+        memory: str = "gru",
+        decay_scaling: float = 0.8,
+        chunk: int | None = None,
     ):
         super().__init__(spec, memory_key)
         observation_dim, state_dim, n_agents = spec.observation_dim, spec.state_dim, spec.n_agents
@@ -58,38 +69,52 @@ class TransformerGuider(GuiderCore):
         self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), num_layers)
         self.action_embed = ActionEmbedding(action_size, discrete, embed_dim)
         self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, param_dim))
-        self.recurrence = nn.GRUCell(embed_dim, embed_dim) if memory_key is not None else None
+        self.recurrence = None if memory_key is None else (
+            MultiScaleRetention(embed_dim, num_heads, decay_scaling, chunk) if memory == "retention"
+            else nn.GRUCell(embed_dim, embed_dim))
         self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(n_agents), persistent=False)
 
     def _recall(self, tokens: torch.Tensor, tensordict: TensorDictBase, batch_shape: torch.Size, over_time: bool):
-        """Each agent's recurrent state after this step, ``[*B, n, E]``, from its tokens ``[*B, n, E]``.
-        One step: from the stored state (zero at an episode start). ``over_time``: rerun over the
-        time dim (the last of ``batch_shape``) from the state stored at its first step."""
+        """``(readout [*B, n, E], state after the step)`` from the agents' tokens ``[*B, n, E]``.
+        One step: from the stored state (dropped at an episode start). ``over_time``: rerun over
+        the time dim (the last of ``batch_shape``) from the state stored at its first step."""
         stored = tensordict.get(self.memory_key)
-        start = tensordict.get(EPISODE_START_KEY).reshape(*batch_shape, 1, 1)
+        start = tensordict.get(EPISODE_START_KEY).reshape(batch_shape)
+        if over_time and not batch_shape:
+            raise ValueError("a guider with memory trains on rollouts: the batch needs a time dim, [*B, T]")
+        if isinstance(self.recurrence, MultiScaleRetention):
+            state_shape = stored.shape[len(batch_shape):]
+            if not over_time:
+                out, state = self.recurrence.step(tokens.reshape(-1, *tokens.shape[-2:]), stored.reshape(-1, *state_shape),
+                                                  start.reshape(-1))
+                return out.view_as(tokens), state.view_as(stored)
+            rows = batch_shape[:-1]
+            out, _ = self.recurrence.sequence(tokens.reshape(-1, *tokens.shape[-3:]),
+                                              stored.select(len(rows), 0).reshape(-1, *state_shape),
+                                              start.reshape(-1, batch_shape[-1]))
+            return out.view_as(tokens), None
 
         def step(x, state, fresh):
-            state = torch.where(fresh, 0.0, state)
+            state = torch.where(fresh[..., None, None], 0.0, state)
             return self.recurrence(x.reshape(-1, x.shape[-1]), state.reshape(-1, state.shape[-1])).view_as(x)
 
         if not over_time:
-            return step(tokens, stored, start)
-        if not batch_shape:
-            raise ValueError("a guider with memory trains on rollouts: the batch needs a time dim, [*B, T]")
+            state = step(tokens, stored, start)
+            return state, state
         time = len(batch_shape) - 1
         state, states = stored.select(time, 0), []
         for x, fresh in zip(tokens.unbind(time), start.unbind(time)):
             state = step(x, state, fresh)
             states.append(state)
-        return torch.stack(states, time)
+        return torch.stack(states, time), None
 
     def context(self, tensordict, order, over_time=False):
         batch_shape, n = order.shape[:-1], self.n_agents
         obs = flat_observations(tensordict, self.observation_keys, len(batch_shape) + 1)
         tokens = self.observation_embed(obs) + self.agent_embed  # [*B, n, E]
-        recalled = None
+        next_state = None
         if self.recurrence is not None:
-            recalled = self._recall(tokens, tensordict, batch_shape, over_time)
+            recalled, next_state = self._recall(tokens, tensordict, batch_shape, over_time)
             tokens = tokens + recalled
         encoded = tokens.reshape(-1, n, tokens.shape[-1])
         if self.state_embed is not None:
@@ -99,10 +124,10 @@ class TransformerGuider(GuiderCore):
         flat_order = order.reshape(-1, n)
         agents = encoded[:, -n:]
         step_agents = agents.gather(1, flat_order[..., None].expand(-1, -1, agents.shape[-1]))  # [B, n, E], in order
-        return encoded, step_agents, flat_order, positions_of(flat_order), batch_shape, recalled
+        return encoded, step_agents, flat_order, positions_of(flat_order), batch_shape, next_state
 
     def next_memory(self, context):
-        if context[-1] is None:
+        if context[-1] is None:  # memoryless, or a training context (over time)
             return super().next_memory(context)
         return context[-1]
 

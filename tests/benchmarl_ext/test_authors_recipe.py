@@ -71,7 +71,7 @@ def test_presets_hold_the_published_values(row):
         assert (algorithm.delta, algorithm.aux_coef) == (float(row["delta"]), float(row["alpha"]))
         assert (algorithm.guider_embed_dim, algorithm.guider_heads, algorithm.guider_layers) == (
             int(row["n_embd"]), int(row["n_head"]), int(row["n_block"]))
-        assert (algorithm.guider_memory, algorithm.agent_order) == ("gru", "per_epoch")
+        assert (algorithm.guider_memory, algorithm.agent_order) == ("retention", "per_epoch")
         assert (algorithm.clip_value, algorithm.critic_coef) == (algorithm.clip_epsilon, 0.25)
         ctds, ctds_experiment, _, _ = recipe("ctds", task)  # CTDS: the same recipe, delta = inf, aux_coef = 0
         assert (ctds.delta, ctds.aux_coef) == (math.inf, 0.0)
@@ -89,7 +89,7 @@ def test_minibatches_follow_the_batch_and_must_split_it():
 
 
 @pytest.mark.slow
-def test_the_recipe_runs_with_a_recurrent_learner_and_a_memory_guider(tmp_path):
+def test_the_recipe_runs_with_a_recurrent_learner_and_the_retention_guider(tmp_path):
     tiny = ["task.time_limit=15", "experiment.on_policy_n_envs_per_worker=4",
             "experiment.on_policy_collected_frames_per_batch=80", "experiment.max_n_frames=160",
             "experiment.evaluation_interval=80", "experiment.evaluation_episodes=2", "experiment.create_json=false",
@@ -97,7 +97,8 @@ def test_the_recipe_runs_with_a_recurrent_learner_and_a_memory_guider(tmp_path):
             "critic_model.mlp_num_cells=[16]", "algorithm.guider_embed_dim=8"]
     command = ["algorithm=magpo_coordsum_3x10", "task=coordsum/3x10", "experiment=coordsum_authors", *tiny]
     experiment = build_experiment(tmp_path, command)
-    assert experiment.algorithm.has_rnn and experiment.algorithm.guider_memory == "gru"
+    assert experiment.algorithm.has_rnn and experiment.algorithm.guider_memory == "retention"
+    assert experiment.algorithm.guider_decay_scaling == 0.8 and experiment.algorithm.guider_chunk is None  # theirs
     assert type(experiment.model_config).__name__ == "GruConfig"
     experiment.close()
 

@@ -1,5 +1,5 @@
-"""Memory in BenchMARL runs: the guider's memory over the episode (algorithm.guider_memory=gru)
-and recurrent learners and critics through BenchMARL's own model configs. Tiny sizes."""
+"""Memory in BenchMARL runs: the guider's memory over the episode (algorithm.guider_memory=gru or
+retention) and recurrent learners and critics through BenchMARL's own model configs. Tiny sizes."""
 
 from __future__ import annotations
 
@@ -39,15 +39,16 @@ def build(folder: Path, overrides: list[str], callbacks=()):
 class CheckCollectedBatches(Callback):
     """Before training on each batch, recompute the guider's log-probs over the stored rollouts."""
 
-    def __init__(self):
+    def __init__(self, state_key):
         super().__init__()
+        self.state_key = state_key
         self.gaps, self.batch_shapes, self.minibatch_shapes = [], [], []
         self.starts, self.state_at_starts, self.rollouts_in_mid_episode = 0, [], 0
 
     def on_batch_collected(self, batch):
         self.batch_shapes.append(tuple(batch.batch_size))
         start = batch.get("is_init").squeeze(-1)  # [envs, T]
-        state = batch.get(("agents", "guider_memory"))  # [envs, T, agents, E]
+        state = batch.get(self.state_key)  # [envs, T, ...]: the state entering each step
         self.starts += int(start.sum())
         self.rollouts_in_mid_episode += int((~start[:, 0]).sum())  # their first stored state matters
         self.state_at_starts.append(state[start].abs().max().item() if start.any() else 0.0)
@@ -61,9 +62,16 @@ class CheckCollectedBatches(Callback):
 
 
 @pytest.mark.slow
-def test_memory_guider_stores_its_state_and_trains_on_whole_rollouts_with_the_collected_log_probs(tmp_path):
-    check = CheckCollectedBatches()
-    experiment = build(tmp_path, [*MLP, "algorithm.guider_memory=gru", "experiment.prefer_continuous_actions=false",
+@pytest.mark.parametrize("memory, state_key", [
+    (["algorithm.guider_memory=gru"], ("agents", "guider_memory")),
+    (["algorithm.guider_memory=retention"], ("guider_retention", "agents")),  # the whole rollout at once
+    (["algorithm.guider_memory=retention", "algorithm.guider_chunk=5"], ("guider_retention", "agents")),
+], ids=["gru", "retention", "retention-chunks-of-5"])
+@pytest.mark.parametrize("continuous", [False, True], ids=["discrete", "continuous"])
+def test_memory_guider_stores_its_state_and_trains_on_whole_rollouts_with_the_collected_log_probs(
+        tmp_path, memory, state_key, continuous):
+    check = CheckCollectedBatches(state_key)
+    experiment = build(tmp_path, [*MLP, *memory, f"experiment.prefer_continuous_actions={str(continuous).lower()}",
                                   "experiment.loggers=[]"], [check])
     experiment.run()
     assert check.batch_shapes == [(ENVS, STEPS)] * 2

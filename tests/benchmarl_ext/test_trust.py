@@ -35,6 +35,8 @@ CASES = {
     "magpo-coordsum": ["algorithm=magpo_coordsum_3x10", *SMALL_GUIDER, *COORDSUM],
     "mappo-coordsum": ["algorithm=mappo", *COORDSUM],
     "magpo-memory-coordsum": ["algorithm=magpo_coordsum_3x10", "algorithm.guider_memory=gru", *SMALL_GUIDER, *COORDSUM],
+    "magpo-retention-chunks-vmas": ["algorithm=magpo_transformer", "algorithm.guider_memory=retention",
+                                    "algorithm.guider_chunk=5", *SMALL_GUIDER, *VMAS],
     # agent-by-agent updates: the order of every iteration comes from the restored generator
     "happo-vmas": ["algorithm=happo", *VMAS],
     "a2po-coordsum": ["algorithm=a2po", *COORDSUM],
@@ -302,6 +304,14 @@ BAD_VALUES = [
     (["algorithm=ippo", "algorithm.scale_mapping=square"], "algorithm.scale_mapping"),
     (["algorithm=mat", "algorithm.critic_coef=-1"], "algorithm.critic_coef"),
     (["algorithm=magpo", "algorithm.loss_critic_type=l3"], "algorithm.loss_critic_type"),
+    (["algorithm=magpo_transformer", "algorithm.guider_memory=retention", "algorithm.guider_chunk=3"],
+     "algorithm.guider_chunk"),  # 80 frames / 4 environments: rollouts of 20 steps
+    (["algorithm=magpo_transformer", "algorithm.guider_memory=retention", "algorithm.guider_chunk=0"], "algorithm.guider_chunk"),
+    (["algorithm=magpo_transformer", "algorithm.guider_decay_scaling=0"], "algorithm.guider_decay_scaling"),
+    (["algorithm=magpo_transformer", "algorithm.guider_decay_scaling=1.5"], "algorithm.guider_decay_scaling"),
+    (["algorithm=magpo_transformer", "algorithm.guider_memory=retention", "algorithm.guider_heads=3"],
+     "algorithm.guider_embed_dim"),
+    (["algorithm.guider_memory=retention"], "algorithm.guider_memory"),  # the anchored guider has no memory
     (["algorithm=happo", "experiment.share_policy_params=true"], "experiment.share_policy_params"),
     (["algorithm=a2po", "experiment.share_policy_params=true"], "experiment.share_policy_params"),
     (["algorithm.learner_update=sequential"], "experiment.share_policy_params"),  # the default shares
