@@ -268,8 +268,13 @@ class _GuidedPPOLoss(PPOLoss):
             return terms
         # Sequential learners (magpo.sequential): the learner's lambda-weighted PPO term carries the
         # preceding learners' ratio product M of its sample; M > 0 factors out of PPO's min, so that
-        # term is PPO on the advantage M * A. The guider's terms keep A.
-        weighted = kernel(advantage * preceding.detach().reshape(*rows[:-1], 1))
+        # term is PPO on the advantage M * A. The guider's terms keep A. M is clipped to
+        # 1 +- clip_epsilon, as A2PO clips its product: the guider drew the actions, and on one the
+        # learner finds unlikely (a continuous action at its bound) a small step of a preceding
+        # learner makes its ratio, and M unclipped, overflow (vmas/give_way, seed 0: loss 4e6, then inf).
+        epsilon = self.options.clip_epsilon
+        weight = preceding.detach().clamp(1 - epsilon, 1 + epsilon).reshape(*rows[:-1], 1)
+        weighted = kernel(advantage * weight)
         return terms._replace(loss_learner=weighted.loss_learner, learner_kl=weighted.learner_kl,
                               learner_objective=weighted.learner_objective,
                               learner_clip_fraction=weighted.learner_clip_fraction)

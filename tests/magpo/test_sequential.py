@@ -199,10 +199,11 @@ def test_sequential_magpo_weights_only_the_learners_ppo_term():
     and the learner's KL are those of the plain loss."""
     torch.manual_seed(0)
     guider, learner = actor("state"), actor("observation")
-    loss = MAGPOLoss(guider, learner, critic(), LossOptions(delta=1.5, aux_coef=2.0), normalize_advantage=False)
+    loss = MAGPOLoss(guider, learner, critic(), LossOptions(delta=1.5, aux_coef=2.0, clip_epsilon=0.2),
+                     normalize_advantage=False)
     loss.set_keys(**KEYS)
     td = with_old_log_prob(batch(16, 3), guider)
-    preceding = torch.rand(16) + 0.5
+    preceding = 0.85 + 0.3 * torch.rand(16)  # inside 1 +- clip_epsilon
     plain, weighted = loss(td.clone()), loss(td.clone().set(PRECEDING_RATIO_KEY, preceding))
     for key in ("loss_guider", "guider_objective", "guider_kl", "mask_fraction", "learner_kl", "loss_critic"):
         assert weighted[key].item() == pytest.approx(plain[key].item(), rel=1e-6), key
@@ -212,6 +213,10 @@ def test_sequential_magpo_weights_only_the_learners_ppo_term():
     # M = 1 everywhere: the plain loss
     ones = loss(td.clone().set(PRECEDING_RATIO_KEY, torch.ones(16)))
     assert ones["loss_learner"].item() == pytest.approx(plain["loss_learner"].item(), rel=1e-6)
+    # M is clipped to 1 +- clip_epsilon: a huge (or overflowed) product counts as 1.2
+    huge = loss(td.clone().set(PRECEDING_RATIO_KEY, torch.full((16,), float("inf"))))
+    capped = loss(td.clone().set(PRECEDING_RATIO_KEY, torch.full((16,), 1.2)))
+    assert huge["loss_learner"].item() == pytest.approx(capped["loss_learner"].item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, field", [
