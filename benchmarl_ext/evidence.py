@@ -42,6 +42,8 @@ GUIDED = ("magpo", "ctds")  # presets whose name starts so collect with a guider
 RUN_FIELDS = ("experiment", "preset", "seed", "overrides", "commit", "date", "machine", "versions", "threads", "concurrent")
 CURVE_FIELDS = ("experiment", "preset", "seed", "frames", "learner", "guider")
 DIDACTIC_FIELDS = ("experiment", "preset", "seed", "guider_success", "learner_success")
+# what a scaling run adds to its overrides: it measures time, so it logs to csv and does nothing else
+SCALING_SETTINGS = ("experiment.loggers=[csv]", "experiment.evaluation=false", "experiment.checkpoint_at_end=false")
 # per training run: median seconds of its iterations after the first (runs of one batch share the machine)
 TIMING_FIELDS = ("experiment", "preset", "seed", "seconds_per_iteration", "collection_seconds", "training_seconds")
 SCALING_FIELDS = ("experiment", "preset", "n_agents", "seconds_per_iteration", "collection_seconds", "training_seconds",
@@ -280,9 +282,10 @@ def check_consistency(experiments: list[Experiment], results: Results, runs_root
                             f"'{row['overrides']}', the list asks for '{' '.join(wanted)}'; remove its rows to run it anew")
                     folder = runs_root / experiment.name / experiment.run_name(preset, seed, n_agents)
                     made = run_overrides(folder) if finished_run(folder) is not None else None
-                    if made is not None and sorted(made) != sorted(wanted):
+                    ran = wanted + list(SCALING_SETTINGS) if experiment.kind == "scaling" else wanted
+                    if made is not None and sorted(made) != sorted(ran):
                         raise SpecError(
-                            f"{folder} holds a run made with '{' '.join(made)}', the list asks for '{' '.join(wanted)}'; "
+                            f"{folder} holds a run made with '{' '.join(made)}', the list asks for '{' '.join(ran)}'; "
                             f"move it away to run it anew")
 
 
@@ -381,8 +384,7 @@ def run_scaling(experiment: Experiment, results: Results, runs_root: Path) -> No
                 continue
             overrides = experiment.overrides(preset, seeds[0], n_agents)
             run_dir = runs_root / experiment.name / experiment.run_name(preset, seeds[0], n_agents)
-            command = [sys.executable, "-c", SCALING_CHILD, "run", *overrides, "experiment.loggers=[csv]",
-                       "experiment.evaluation=false", "experiment.checkpoint_at_end=false", f"hydra.run.dir={run_dir}"]
+            command = [sys.executable, "-c", SCALING_CHILD, "run", *overrides, *SCALING_SETTINGS, f"hydra.run.dir={run_dir}"]
             print(f"{experiment.name}: {preset}, {n_agents} agents", flush=True)
             done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, MAGPO_NUM_THREADS="1"))
             if done.returncode != 0:
