@@ -204,37 +204,53 @@ def _sort_key(value):
         return (1, 0.0, str(value))
 
 
+TABLES = {"runs": RUN_FIELDS, "curves": CURVE_FIELDS, "didactic": DIDACTIC_FIELDS, "scaling": SCALING_FIELDS,
+          "timing": TIMING_FIELDS}
+
+
+def run_key(row: dict) -> tuple[str, str, str]:
+    """The run a row of any table belongs to: (experiment, preset, seed), the seed being ``n<agents>``
+    for a scaling run."""
+    seed = row["seed"] if "seed" in row else f"n{row['n_agents']}"
+    return row["experiment"], row["preset"], str(seed)
+
+
 class Results:
-    """The committed per-seed CSVs under one folder, read once and written back after each batch."""
+    """The committed per-seed CSVs under one folder: read once, written back after each batch.
+
+    Saving merges with the files as they are then: rows of runs this object did not record are taken
+    from disk, so two batches writing the same folder (one started while the other ran) keep each
+    other's runs."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.runs = read_rows(folder / "runs.csv")
-        self.curves = read_rows(folder / "curves.csv")
-        self.didactic = read_rows(folder / "didactic.csv")
-        self.scaling = read_rows(folder / "scaling.csv")
-        self.timing = read_rows(folder / "timing.csv")
+        for table in TABLES:
+            setattr(self, table, read_rows(folder / f"{table}.csv"))
+        self.added: set[tuple[str, str, str]] = set()  # runs recorded by this object, not yet saved
 
     def recorded(self, experiment: str, preset: str, seed) -> dict | None:
         for row in self.runs:
-            if (row["experiment"], row["preset"], row["seed"]) == (experiment, preset, str(seed)):
+            if run_key(row) == (experiment, preset, str(seed)):
                 return row
         return None
 
     def add(self, run_row: dict, table: str, rows: list[dict]) -> None:
-        """Record one run (its ``runs.csv`` row and its rows of ``table``), as text, as the CSVs hold it."""
-        run_row = {k: str(v) for k, v in run_row.items()}
-        rows = [{k: str(v) for k, v in row.items()} for row in rows]
-        key = (run_row["experiment"], run_row["preset"], run_row["seed"])
-        self.runs = [r for r in self.runs if (r["experiment"], r["preset"], r["seed"]) != key] + [run_row]
-        setattr(self, table, getattr(self, table) + rows)
+        """Record one run (its ``runs.csv`` row and its rows of ``table``; the rows it had in any table
+        go), as text, as the CSVs hold it."""
+        key = run_key(run_row)
+        for name in TABLES:
+            setattr(self, name, [r for r in getattr(self, name) if run_key(r) != key])
+        self.runs.append({k: str(v) for k, v in run_row.items()})
+        getattr(self, table).extend({k: str(v) for k, v in row.items()} for row in rows)
+        self.added.add(key)
 
     def save(self) -> None:
-        write_rows(self.folder / "runs.csv", RUN_FIELDS, self.runs)
-        write_rows(self.folder / "curves.csv", CURVE_FIELDS, self.curves)
-        write_rows(self.folder / "didactic.csv", DIDACTIC_FIELDS, self.didactic)
-        write_rows(self.folder / "scaling.csv", SCALING_FIELDS, self.scaling)
-        write_rows(self.folder / "timing.csv", TIMING_FIELDS, self.timing)
+        """Write every table: this object's runs, and every other run as the files hold it now."""
+        for table, fields in TABLES.items():
+            on_disk = [r for r in read_rows(self.folder / f"{table}.csv") if run_key(r) not in self.added]
+            mine = [r for r in getattr(self, table) if run_key(r) in self.added]
+            setattr(self, table, on_disk + mine)
+            write_rows(self.folder / f"{table}.csv", fields, on_disk + mine)
 
 
 def machine_row(experiment: str, preset: str, seed, overrides: list[str], threads: int, concurrent: int,
@@ -331,7 +347,6 @@ def record_training_run(experiment: str, preset: str, seed: int, overrides: list
     times = {name: [v for _, v in sorted(read_scalar(folder, f"timers_{name}_time").items())][1:]
              for name in ("iteration", "collection", "training")}
     if all(times.values()):  # the first iteration holds the start-up
-        results.timing = [r for r in results.timing if (r["experiment"], r["preset"], r["seed"]) != (experiment, preset, str(seed))]
         median = {name: f"{statistics.median(values):.4f}" for name, values in times.items()}
         results.timing.append({"experiment": experiment, "preset": preset, "seed": str(seed),
                                "seconds_per_iteration": median["iteration"], "collection_seconds": median["collection"],

@@ -122,6 +122,23 @@ def recorded(results, experiment: str, preset: str, seed: int, finals: tuple[flo
                            "collection_seconds": seconds / 2, "training_seconds": seconds / 2})
 
 
+def test_two_batches_writing_one_folder_keep_each_others_runs(tmp_path):
+    """A batch saves what it recorded merged with the files as they are then: a batch that read the
+    folder before another saved does not drop the other's runs, and re-recording a run replaces it."""
+    folder = tmp_path / "evidence"
+    recorded(first := evidence_csvs.Results(folder), "a", "magpo", 0, (10, 20), 1.0)
+    second = evidence_csvs.Results(folder)  # read while the first batch runs
+    recorded(second, "b", "mappo", 0, (30, 40), 2.0)
+    first.save()
+    second.save()
+    recorded(first, "a", "magpo", 0, (11, 21), 1.5)  # the same run again: replaced, not doubled
+    first.save()
+    on_disk = evidence_csvs.Results(folder)
+    assert sorted(evidence_csvs.run_key(r) for r in on_disk.runs) == [("a", "magpo", "0"), ("b", "mappo", "0")]
+    assert [(r["experiment"], r["learner"]) for r in on_disk.curves] == [("a", "11"), ("a", "21"), ("b", "30"), ("b", "40")]
+    assert sorted((r["experiment"], r["seconds_per_iteration"]) for r in on_disk.timing) == [("a", "1.5"), ("b", "2.0")]
+
+
 def test_the_delta_and_sequential_verdicts_come_from_the_csvs(tmp_path):
     """C4 reads the default delta's runs from the experiment it shares; C6 tables returns and time
     per iteration and decides whether sequential learners change MAGPO's learning."""
