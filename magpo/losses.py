@@ -35,7 +35,6 @@ import magpo_kernels
 from magpo_kernels import LossOptions, MAGPOLossTerms
 
 from .guiders import AnchoredGuider
-from .sequential import PRECEDING_RATIO_KEY
 
 __all__ = ["GuiderClipLoss", "LearnerKLPPOLoss", "LossOptions", "MAGPOLoss", "NonFiniteLossError"]
 
@@ -43,6 +42,9 @@ __all__ = ["GuiderClipLoss", "LearnerKLPPOLoss", "LossOptions", "MAGPOLoss", "No
 # describe: the guider's loss outputs the first, the learner's the second, MAGPOLoss both.
 GUIDER_DIAGNOSTICS = tuple(n for n in MAGPOLossTerms._fields[2:] if not n.startswith("learner_"))
 LEARNER_DIAGNOSTICS = tuple(n for n in MAGPOLossTerms._fields[2:] if n.startswith("learner_"))
+# Per sample, the product of the preceding agents' new/old ratios in a sequential (agent-by-agent)
+# update (magpo.sequential); absent means 1 (the first agent, or a parallel update).
+PRECEDING_RATIO_KEY = "preceding_ratio"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,6 +85,25 @@ def _action_in_base_space(dist: D.Distribution, action: Tensor, behavior_log_pro
     elif behavior_log_prob.shape == action.shape:  # a plain Normal stores per-dim log-probs
         behavior_log_prob = behavior_log_prob.sum(-1)
     return value, behavior_log_prob
+
+
+def batch_advantage(loss: PPOLoss, tensordict: TensorDictBase) -> Tensor:
+    """The batch's advantage, ``[*B, n_agents, 1]``; where the batch has none, ``loss``'s value
+    estimator writes it into ``tensordict`` first (with the critic's detached parameters)."""
+    advantage = tensordict.get(loss.tensor_keys.advantage, None)
+    if advantage is None:
+        if loss.critic_network is None:
+            raise KeyError(
+                f"{type(loss).__name__}: no {loss.tensor_keys.advantage!r} in the batch and no critic_network "
+                "to estimate it; compute the advantage first (e.g. with GAE) or pass a critic"
+            )
+        loss.value_estimator(
+            tensordict,
+            params=loss._cached_critic_network_params_detached,
+            target_params=loss.target_critic_network_params,
+        )
+        advantage = tensordict.get(loss.tensor_keys.advantage)
+    return advantage
 
 
 class _GuidedPPOLoss(PPOLoss):
@@ -187,19 +208,7 @@ class _GuidedPPOLoss(PPOLoss):
     # ------------------------------------------------------------------ helpers
 
     def _advantage(self, tensordict: TensorDictBase) -> Tensor:
-        advantage = tensordict.get(self.tensor_keys.advantage, None)
-        if advantage is None:
-            if self.critic_network is None:
-                raise KeyError(
-                    f"{type(self).__name__}: no {self.tensor_keys.advantage!r} in the batch and no critic_network "
-                    "to estimate it; compute the advantage first (e.g. with GAE) or pass a critic"
-                )
-            self.value_estimator(
-                tensordict,
-                params=self._cached_critic_network_params_detached,
-                target_params=self.target_critic_network_params,
-            )
-            advantage = tensordict.get(self.tensor_keys.advantage)
+        advantage = batch_advantage(self, tensordict)
         if self.normalize_advantage and advantage.numel() > 1:
             # Per minibatch, as in the authors' code: (A - mean) / (std + 1e-8), with the population
             # std (their jnp.std; torch.std would divide by n - 1).

@@ -25,14 +25,14 @@ from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule
 from torch import Tensor
 from torchrl.objectives import PPOLoss
 
+from .losses import PRECEDING_RATIO_KEY, batch_advantage
+
 __all__ = ["AgentByAgentPPOLoss", "CORRECTIONS", "ORDER_RULES", "PRECEDING_RATIO_KEY", "agent_order", "position_clip"]
 
 CORRECTIONS = ("happo", "a2po")
 # random: a fresh uniform permutation each iteration (HAPPO). semi_greedy (A2PO): odd positions
 # uniform among the agents left, even positions the agent left with the largest mean |advantage|.
 ORDER_RULES = ("random", "semi_greedy")
-# Per sample, the product of the preceding agents' new/old ratios; absent means 1 (first agent).
-PRECEDING_RATIO_KEY = "preceding_ratio"
 
 
 def position_clip(clip_epsilon: float, position: int, n_agents: int, floor: float) -> float:
@@ -137,17 +137,9 @@ class AgentByAgentPPOLoss(PPOLoss):
     def out_keys(self, values):
         pass
 
-    def _advantage(self, tensordict: TensorDictBase) -> Tensor:
-        advantage = tensordict.get(self.tensor_keys.advantage, None)
-        if advantage is None:
-            self.value_estimator(tensordict, params=self._cached_critic_network_params_detached,
-                                 target_params=self.target_critic_network_params)
-            advantage = tensordict.get(self.tensor_keys.advantage)
-        return advantage
-
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         tensordict = tensordict.clone(False)
-        advantage = self._advantage(tensordict)  # [*B, n_agents, 1]
+        advantage = batch_advantage(self, tensordict)  # [*B, n_agents, 1]
         with self.actor_network_params.to_module(self.actor_network):
             dist = self.actor_network.get_dist(tensordict)
         log_prob = dist.log_prob(tensordict.get(self.tensor_keys.action))  # [*B, n_agents]

@@ -14,15 +14,7 @@ from configs import build_experiment as build
 from benchmarl_ext.agent_by_agent import check_per_agent, own_rows_only
 from magpo.sequential import PRECEDING_RATIO_KEY
 
-pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.usefixtures("one_thread")]
 
 
 def adam_step(weight, optimizer, max_norm=None):

@@ -22,7 +22,7 @@ from benchmarl_ext import cli
 from benchmarl_ext.checkpoints import CheckpointError
 from benchmarl_ext.registration import register
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.usefixtures("one_thread")]
 register()
 
 CASES = {
@@ -45,14 +45,6 @@ CASES = {
 }
 # 4 iterations of 80 frames, a checkpoint every 2
 STRAIGHT = ["experiment.max_n_frames=320", "experiment.checkpoint_interval=160"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Interrupted(Exception):
