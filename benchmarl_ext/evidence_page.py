@@ -297,6 +297,15 @@ def verdict_c4(tables: list[TrainingTable], default_delta: float) -> tuple[str, 
 SEQUENTIAL_MAGPO = "magpo+algorithm.learner_update=sequential"
 
 
+def seconds_per_iteration(results: Results, table: TrainingTable) -> dict[str, float]:
+    """Per preset of ``table`` with timings: the median over seeds of each run's median seconds per
+    iteration (``timing.csv``; the runs of a batch share the machine, 2 at a time)."""
+    name = table.experiment.name
+    runs = {p: [float(r["seconds_per_iteration"]) for r in results.timing if r["experiment"] == name and r["preset"] == p]
+            for p in table.learner}
+    return {p: statistics.median(values) for p, values in runs.items() if values}
+
+
 def verdict_c6(tables: list[TrainingTable], results: Results) -> tuple[str, list[str]]:
     """Per task: every method's final learner return, AUC and median seconds per iteration (the
     median over seeds of each run's median; the runs of a batch share the machine, 2 at a time);
@@ -308,10 +317,7 @@ def verdict_c6(tables: list[TrainingTable], results: Results) -> tuple[str, list
     pairs, outcomes = [], []
     for table in tables:
         task = table.experiment.task
-        seconds = {p: statistics.median(float(r["seconds_per_iteration"]) for r in results.timing
-                                        if r["experiment"] == table.experiment.name and r["preset"] == p)
-                   for p in table.learner if any(r["experiment"] == table.experiment.name and r["preset"] == p
-                                                 for r in results.timing)}
+        seconds = seconds_per_iteration(results, table)
         for preset, curves in table.learner.items():
             time = f"{seconds[preset]:.2f}" if preset in seconds else "-"
             if preset in seconds and "mappo" in seconds:
@@ -377,19 +383,33 @@ def verdict_c5(results: Results, experiment: Experiment) -> tuple[str, list[str]
             f"against MAPPO's {exponents['mappo']:.2f}; the task's own cost sets the growth)"), lines
 
 
-def verdict_memory(tables: list[TrainingTable]) -> tuple[str, list[str]]:
-    """The first preset of each experiment (the retention guider) against the second (the GRU
-    guider): final learner return, paired by seed, 'above', 'level' or 'below' by its 95% CI."""
+def verdict_memory(tables: list[TrainingTable], results: Results) -> tuple[str, list[str]]:
+    """Per experiment, its preset with ``guider_memory=retention`` against its one with
+    ``guider_memory=gru``: per preset its learner's final return, its imitation gap (learner minus
+    its own guider) and its time per iteration; then the learners' final return and AUC paired by
+    seed, 'above', 'level' or 'below' by the 95% CI of the final one."""
     lines, outcomes = [], []
     for table in tables:
-        presets = list(table.experiment.presets)
-        if len(presets) < 2 or not all(p in table.learner for p in presets[:2]):
+        memory = {p.rsplit("guider_memory=", 1)[-1]: p for p in table.learner if "guider_memory=" in p}
+        if not {"retention", "gru"} <= set(memory):
             continue
-        first, second = presets[:2]
+        first, second = memory["retention"], memory["gru"]
+        seconds = seconds_per_iteration(results, table)
+        lines += ["| preset | seeds | learner final [95% CI] | learner minus its guider, final [95% CI] | "
+                  "s / iteration |", "| --- | --- | --- | --- | --- |"]
+        for preset in (first, second):
+            gap = paired(table.final(preset), table.final(preset, "guider"))
+            time = f"{seconds[preset]:.2f}" if preset in seconds else "-"
+            lines.append(f"| {preset} | {len(table.learner[preset])} | {cell(list(table.final(preset).values()))} | "
+                         f"{signed_cell(gap) if gap else 'not logged'} | {time} |")
         difference = paired(table.final(first), table.final(second))
+        area = paired(auc_values(table.learner[first]), auc_values(table.learner[second]))
         outcomes.append(f"{table.experiment.task}: {direction(difference)}")
-        lines.append(f"{first} minus {second}, learner final, paired by seed ({len(difference)} seeds): "
-                     f"{signed_cell(difference)}.")
+        lines += ["", f"{first} minus {second}, learner, paired by seed ({len(difference)} seeds): final "
+                  f"{signed_cell(difference)}, AUC {signed_cell(area)}."]
+        if first in seconds and second in seconds:
+            lines.append(f"Time per iteration, {first} over {second}: {seconds[first] / seconds[second]:.2f}x "
+                         "(2 runs at a time).")
     if not outcomes:
         return "not tested here", ["The runs are not recorded yet."]
     return "retention against GRU: " + "; ".join(outcomes), lines + [""]
@@ -456,7 +476,7 @@ def claim_sections(claims: dict, experiments: list[Experiment], results: Results
         elif kind == "sequential":
             verdict, detail = verdict_c6(tables, results)
         elif kind == "memory":
-            verdict, detail = verdict_memory(tables)
+            verdict, detail = verdict_memory(tables, results)
         else:
             verdict, detail = verdict_vmas(tables)
         note = about.get("verdict_note", "").strip()

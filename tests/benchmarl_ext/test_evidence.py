@@ -113,9 +113,12 @@ def test_the_committed_page_is_what_the_committed_csvs_give(tmp_path):
     assert (copy / "RESULTS.md").read_text() == (REPO / "benchmarks" / "RESULTS.md").read_text()
 
 
-def recorded(results, experiment: str, preset: str, seed: int, finals: tuple[float, float], seconds: float) -> None:
-    """A run's rows as the command records them: two evaluations, and its timing."""
-    rows = [{"experiment": experiment, "preset": preset, "seed": seed, "frames": frames, "learner": value, "guider": ""}
+def recorded(results, experiment: str, preset: str, seed: int, finals: tuple[float, float], seconds: float,
+             guider_lead: float | None = None) -> None:
+    """A run's rows as the command records them: two evaluations (the guider's ``guider_lead`` above
+    the learner's, where given), and its timing."""
+    rows = [{"experiment": experiment, "preset": preset, "seed": seed, "frames": frames, "learner": value,
+             "guider": "" if guider_lead is None else value + guider_lead}
             for frames, value in zip((80, 160), finals)]
     results.add(evidence_csvs.machine_row(experiment, preset, seed, [], 1, 2), "curves", rows)
     results.timing.append({"experiment": experiment, "preset": preset, "seed": str(seed), "seconds_per_iteration": seconds,
@@ -144,14 +147,18 @@ def test_the_delta_and_sequential_verdicts_come_from_the_csvs(tmp_path):
     per iteration and decides whether sequential learners change MAGPO's learning."""
     claims = {"C2": CLAIMS["C2"],
               "C4": {"title": "delta", "paper": "small deltas help", "also": ["shared"], "default_delta": 1.5},
-              "C6": {"title": "sequential", "paper": "sequential updates"}}
+              "C6": {"title": "sequential", "paper": "sequential updates"},
+              "MEMORY": {"title": "memory", "paper": "retention against GRU"}}
     sequential = "magpo+algorithm.learner_update=sequential"
+    retention, gru = "magpo_transformer+algorithm.guider_memory=retention", "magpo_transformer+algorithm.guider_memory=gru"
     experiments = [
         {"name": "shared", "claim": "C2", "kind": "training", "task": "coordsum/3x10", "frames": 160, "presets": {"magpo": "0-4"}},
         {"name": "sweep", "claim": "C4", "kind": "training", "task": "coordsum/3x10", "frames": 160,
          "presets": {"magpo+algorithm.delta=1.2": "0-4", "magpo+algorithm.delta=inf": "0-4"}},
         {"name": "order", "claim": "C6", "kind": "training", "task": "coordsum/3x10", "frames": 160,
          "presets": {"mappo": "0-4", "happo": "0-4", "magpo": "0-4", sequential: "0-4"}},
+        {"name": "memory", "claim": "MEMORY", "kind": "training", "task": "coordsum/3x10", "frames": 160,
+         "presets": {retention: "0-4", gru: "0-4"}},
     ]
     spec = tmp_path / "evidence.yaml"
     spec.write_text(yaml.safe_dump({"preamble": "Tiny.", "claims": claims, "experiments": experiments}))
@@ -164,6 +171,8 @@ def test_the_delta_and_sequential_verdicts_come_from_the_csvs(tmp_path):
         recorded(results, "order", "happo", seed, (10, 51 + 3 * seed), 4.0)
         recorded(results, "order", "magpo", seed, (10, 50 + seed), 3.0)
         recorded(results, "order", sequential, seed, (10, 50 + seed + (0.5 if seed % 2 else -0.5)), 6.0)
+        recorded(results, "memory", retention, seed, (10, 30 + seed), 3.0 + seed, guider_lead=2.0)
+        recorded(results, "memory", gru, seed, (10, 30 + seed), 4.0 + seed, guider_lead=2.0)
     results.save()
     main(["--spec", str(spec), "--results", str(tmp_path / "evidence"), "--page", str(tmp_path / "RESULTS.md"),
           "--report-only"])
@@ -174,3 +183,6 @@ def test_the_delta_and_sequential_verdicts_come_from_the_csvs(tmp_path):
     assert "| coordsum/3x10 | happo | 5 |" in page and "| 4.00 (2.00x) |" in page and "| 6.00 (3.00x) |" in page
     assert "| coordsum/3x10 | happo minus mappo | +1.00 [+1.00, +1.00] | above |" in page
     assert "sequential learner update, against parallel: coordsum/3x10: no change detected" in page
+    assert f"| {retention} | 5 | 32.00 [" in page and "| -2.00 [-2.00, -2.00] | 5.00 |" in page  # gap, median time
+    assert f"{retention} minus {gru}, learner, paired by seed (5 seeds): final +0.00 [+0.00, +0.00]" in page
+    assert f"Time per iteration, {retention} over {gru}: 0.83x" in page and "retention against GRU: coordsum/3x10: level" in page
