@@ -526,7 +526,8 @@ def main(argv=None) -> None:
     parser.add_argument("--only", action="append", default=[], metavar="EXPERIMENT",
                         help="run only these experiments (repeatable); the page still covers all")
     parser.add_argument("--preset", action="append", default=[], metavar="PRESET",
-                        help="run only these presets of the chosen experiments (repeatable); the page still covers all")
+                        help="run only these presets of the chosen experiments (repeatable), in the order given (the "
+                             "longest first keeps every slot busy to the end); the page still covers all")
     parser.add_argument("--report-only", action="store_true", help="run nothing: rebuild the page from the CSVs")
     parser.add_argument("--record-finished", action="store_true",
                         help="launch nothing: record the training runs already finished in --runs with the list's "
@@ -554,7 +555,7 @@ def main(argv=None) -> None:
                 unknown = [p for p in args.preset if p not in offered]
                 if unknown:
                     raise SpecError(f"--preset: {unknown} is not a preset of the chosen experiments: {sorted(offered)}")
-                chosen = [dataclasses.replace(e, presets={p: s for p, s in e.presets.items() if p in args.preset})
+                chosen = [dataclasses.replace(e, presets={p: e.presets[p] for p in args.preset if p in e.presets})
                           for e in chosen if set(e.presets) & set(args.preset)]
             check_against_configs(chosen)
             check_consistency(chosen, results, args.runs)

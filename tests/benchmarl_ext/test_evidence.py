@@ -88,6 +88,22 @@ def test_a_bad_list_is_refused_naming_the_entry_before_anything_runs(tmp_path, c
     assert not (tmp_path / "RESULTS.md").exists() and not (tmp_path / "results").exists()
 
 
+def test_presets_named_on_the_command_line_launch_in_the_order_given(tmp_path, monkeypatch):
+    """``--preset ctds --preset magpo`` launches CTDS's runs first (the longest first keeps both
+    slots busy to the end of a batch), whatever the list's order."""
+    launched = []
+
+    def record(runs, *args, **kwargs):
+        launched.extend(name for name, _ in runs)
+        raise KeyboardInterrupt  # stop before anything runs
+
+    monkeypatch.setattr(evidence_csvs, "run_many", record)
+    paths = write_spec(tmp_path, TINY_CLAIM)  # lists magpo before ctds
+    with pytest.raises(KeyboardInterrupt):
+        main([*paths, "--preset", "ctds", "--preset", "magpo"])
+    assert launched == ["ctds_seed0", "ctds_seed1", "magpo_seed0", "magpo_seed1"]
+
+
 def test_results_made_with_other_overrides_are_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(evidence_csvs, "run_many", lambda *a, **k: pytest.fail("ran something"))
     paths = write_spec(tmp_path, TINY_CLAIM)
