@@ -295,6 +295,10 @@ def verdict_c4(tables: list[TrainingTable], default_delta: float) -> tuple[str, 
 
 
 SEQUENTIAL_MAGPO = "magpo+algorithm.learner_update=sequential"
+# the same pair with no gradient clip: the parallel update clips the agents' learners jointly, the
+# sequential one each learner alone, so without a clip only the order and the preceding ratio differ
+UNCLIPPED = "+experiment.clip_grad_val=null"
+SEQUENTIAL_PAIRS = {(SEQUENTIAL_MAGPO, "magpo"): "", (SEQUENTIAL_MAGPO + UNCLIPPED, "magpo" + UNCLIPPED): "without a gradient clip, "}
 
 
 def seconds_per_iteration(results: Results, table: TrainingTable) -> dict[str, float]:
@@ -310,8 +314,9 @@ def verdict_c6(tables: list[TrainingTable], results: Results) -> tuple[str, list
     """Per task: every method's final learner return, AUC and median seconds per iteration (the
     median over seeds of each run's median; the runs of a batch share the machine, 2 at a time);
     HAPPO and A2PO against MAPPO and MAGPO's sequential learners against its parallel ones
-    (final, paired by seed). The sequential learner update 'changes' MAGPO's learning on a task
-    when the 95% CI of that paired difference excludes 0."""
+    (final, paired by seed), with the gradient clip and, where recorded, without it. The sequential
+    learner update 'changes' MAGPO's learning on a task when the 95% CI of that paired difference
+    excludes 0."""
     lines = ["| task | method | seeds | final return [95% CI] | AUC [95% CI] | s / iteration (x MAPPO) |",
              "| --- | --- | --- | --- | --- | --- |"]
     pairs, outcomes = [], []
@@ -324,19 +329,19 @@ def verdict_c6(tables: list[TrainingTable], results: Results) -> tuple[str, list
                 time += f" ({seconds[preset] / seconds['mappo']:.2f}x)"
             lines.append(f"| {task} | {preset} | {len(curves)} | {cell(list(final_values(curves).values()))} | "
                          f"{cell(list(auc_values(curves).values()))} | {time} |")
-        for a, b in (("happo", "mappo"), ("a2po", "mappo"), ("a2po", "happo"), (SEQUENTIAL_MAGPO, "magpo")):
+        for a, b in (("happo", "mappo"), ("a2po", "mappo"), ("a2po", "happo"), *SEQUENTIAL_PAIRS):
             if a in table.learner and b in table.learner:
                 difference = paired(table.final(a), table.final(b))
                 pairs.append(f"| {task} | {a} minus {b} | {signed_cell(difference)} | {direction(difference)} |")
-                if a == SEQUENTIAL_MAGPO:
-                    outcomes.append((task, direction(difference)))
+                if (a, b) in SEQUENTIAL_PAIRS:
+                    outcomes.append((f"{task}: {SEQUENTIAL_PAIRS[a, b]}", direction(difference)))
     if not pairs:
         return "not tested here", ["The runs are not recorded yet."]
     lines += ["", "| task | final return, paired by seed | mean [95% CI] | the first is |", "| --- | --- | --- | --- |",
               *pairs, ""]
     if not outcomes:
         return "not tested here (MAGPO's sequential and parallel runs are not both recorded)", lines
-    said = "; ".join(f"{task}: {'no change detected' if where == 'level' else f'sequential {where} parallel'}"
+    said = "; ".join(f"{task}{'no change detected' if where == 'level' else f'sequential {where} parallel'}"
                      for task, where in outcomes)
     return f"sequential learner update, against parallel: {said}", lines
 

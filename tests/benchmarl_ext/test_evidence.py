@@ -166,13 +166,15 @@ def test_the_delta_and_sequential_verdicts_come_from_the_csvs(tmp_path):
               "C6": {"title": "sequential", "paper": "sequential updates"},
               "MEMORY": {"title": "memory", "paper": "retention against GRU"}}
     sequential = "magpo+algorithm.learner_update=sequential"
+    unclipped = "+experiment.clip_grad_val=null"
     retention, gru = "magpo_transformer+algorithm.guider_memory=retention", "magpo_transformer+algorithm.guider_memory=gru"
     experiments = [
         {"name": "shared", "claim": "C2", "kind": "training", "task": "coordsum/3x10", "frames": 160, "presets": {"magpo": "0-4"}},
         {"name": "sweep", "claim": "C4", "kind": "training", "task": "coordsum/3x10", "frames": 160,
          "presets": {"magpo+algorithm.delta=1.2": "0-4", "magpo+algorithm.delta=inf": "0-4"}},
         {"name": "order", "claim": "C6", "kind": "training", "task": "coordsum/3x10", "frames": 160,
-         "presets": {"mappo": "0-4", "happo": "0-4", "magpo": "0-4", sequential: "0-4"}},
+         "presets": {"mappo": "0-4", "happo": "0-4", "magpo": "0-4", sequential: "0-4", "magpo" + unclipped: "0-4",
+                     sequential + unclipped: "0-4"}},
         {"name": "memory", "claim": "MEMORY", "kind": "training", "task": "coordsum/3x10", "frames": 160,
          "presets": {retention: "0-4", gru: "0-4"}},
     ]
@@ -187,6 +189,8 @@ def test_the_delta_and_sequential_verdicts_come_from_the_csvs(tmp_path):
         recorded(results, "order", "happo", seed, (10, 51 + 3 * seed), 4.0)
         recorded(results, "order", "magpo", seed, (10, 50 + seed), 3.0)
         recorded(results, "order", sequential, seed, (10, 50 + seed + (0.5 if seed % 2 else -0.5)), 6.0)
+        recorded(results, "order", "magpo" + unclipped, seed, (10, 50 + seed), 3.0)
+        recorded(results, "order", sequential + unclipped, seed, (10, 48 + seed), 6.0)
         recorded(results, "memory", retention, seed, (10, 30 + seed), 3.0 + seed, guider_lead=2.0)
         recorded(results, "memory", gru, seed, (10, 30 + seed), 4.0 + seed, guider_lead=2.0)
     results.save()
@@ -198,7 +202,8 @@ def test_the_delta_and_sequential_verdicts_come_from_the_csvs(tmp_path):
     assert "| delta | reproduced |" in page
     assert "| coordsum/3x10 | happo | 5 |" in page and "| 4.00 (2.00x) |" in page and "| 6.00 (3.00x) |" in page
     assert "| coordsum/3x10 | happo minus mappo | +1.00 [+1.00, +1.00] | above |" in page
-    assert "sequential learner update, against parallel: coordsum/3x10: no change detected" in page
+    assert ("sequential learner update, against parallel: coordsum/3x10: no change detected; "
+            "coordsum/3x10: without a gradient clip, sequential below parallel") in page
     assert f"| {retention} | 5 | 32.00 [" in page and "| -2.00 [-2.00, -2.00] | 5.00 |" in page  # gap, median time
     assert f"{retention} minus {gru}, learner, paired by seed (5 seeds): final +0.00 [+0.00, +0.00]" in page
     assert f"Time per iteration, {retention} over {gru}: 0.83x" in page and "retention against GRU: coordsum/3x10: level" in page
